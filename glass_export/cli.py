@@ -1,0 +1,249 @@
+"""The `glass-export` command line."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from . import __version__
+from .errors import GlassExportError
+from .selection import DEFAULT_LAMBDA, METHODS
+
+# torchao (pulled in by transformers/executorch) logs deprecation noise at import.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+err_console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, e.g. tokens/s."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f} {self.unit}/s", style="cyan")
+
+
+def progress_bar(unit: str) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def friendly_errors(func):
+    """Turn GlassExportError into a clear message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except GlassExportError as exc:
+            err_console.print(f"[bold red]error:[/] {exc.problem}")
+            if exc.fix:
+                err_console.print(f"[yellow]fix:[/] {exc.fix}")
+            sys.exit(1)
+
+    return wrapper
+
+
+DENSITY = click.FloatRange(0.0, 1.0, min_open=True)
+LAMBDA = click.FloatRange(0.0, 1.0)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="glass-export")
+def main():
+    """Ship Hugging Face decoder LLMs with GLASS dynamic FFN sparsity.
+
+    \b
+    Typical flow:
+      glass-export example  --out example                      # tiny offline model
+      glass-export calibrate --model example/model --data example/corpus.txt --out priors.safetensors
+      glass-export generate --model example/model --priors priors.safetensors --method i-glass --prompt "Hi"
+    """
+    quiet_transformers()
+
+
+def quiet_transformers() -> None:
+    """Our own progress bars and messages replace transformers' per-step chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@main.command()
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to create (model/ and corpus.txt).")
+@click.option("--family", default="llama", show_default=True, type=click.Choice(
+    ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]), help="Architecture of the tiny model.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@friendly_errors
+def example(out: Path, family: str, seed: int, force: bool):
+    """Build a tiny random model and tokenizer offline (a built-in example)."""
+    from .example import write_example
+
+    model_dir = write_example(out, family=family, seed=seed, force=force)
+    err_console.print(f"[green]wrote[/] {model_dir} (tiny {family}, random weights) and {out / 'corpus.txt'}")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--data", multiple=True, type=click.Path(path_type=Path), help="Corpus file(s): plain text or JSONL. Repeatable.")
+@click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSONL files.")
+@click.option("--self-generate", type=click.IntRange(min=1), default=None,
+              help="Instead of --data: calibrate on N tokens the model samples itself (the paper's best prior).")
+@click.option("--seed", default=0, show_default=True, help="Seed for --self-generate sampling.")
+@click.option("--max-tokens", default=100_000, show_default=True, type=click.IntRange(min=1), help="Calibration tokens to use.")
+@click.option("--seq-len", default=512, show_default=True, type=click.IntRange(min=2), help="Tokens per calibration sequence.")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences per forward pass.")
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Priors file to write (.safetensors).")
+@friendly_errors
+def calibrate(model_dir, data, text_field, self_generate, seed, max_tokens, seq_len, batch_size, dtype, out):
+    """Compute the A-GLASS and I-GLASS global priors of a model."""
+    from . import calibration
+    from .models import load_model, load_tokenizer
+
+    if bool(data) == (self_generate is not None):
+        raise GlassExportError("pass exactly one of --data and --self-generate", "e.g. --data corpus.txt or --self-generate 100000")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=dtype)
+    with progress_bar("tokens") as progress:
+        if data:
+            source = calibration.CorpusSource([Path(p) for p in data], text_field=text_field)
+            sequences = calibration.token_sequences(source.documents(), tokenizer, seq_len, max_tokens)
+            corpus = calibration.describe_corpus_files(source, seq_len, len(sequences))
+        else:
+            task = progress.add_task("self-generating", total=max(1, -(-self_generate // seq_len)) * seq_len)
+            sequences = calibration.self_generate_sequences(
+                model, tokenizer, self_generate, seq_len, seed, batch_size, lambda n: progress.advance(task, n)
+            )
+            corpus = calibration.describe_self_generated(sequences, seq_len, seed)
+        task = progress.add_task("calibrating", total=sum(len(s) for s in sequences))
+        priors = calibration.compute_priors(model, sequences, batch_size, lambda n: progress.advance(task, n), corpus)
+    priors.save(out)
+    err_console.print(
+        f"[green]wrote[/] {out}: {priors.model.num_layers} layers x {priors.model.intermediate_size} neurons, "
+        f"{priors.tokens:,} tokens, model fingerprint {priors.model.fingerprint}"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@friendly_errors
+def inspect(file: Path, as_json: bool):
+    """Summarise a priors file."""
+    from .priors import load_priors, summarize
+
+    summary = summarize(load_priors(file))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    meta = summary["metadata"]
+    console = Console()
+    console.print(f"[bold]{file}[/]  glass-export priors v{meta['format_version']} (tool {meta['tool_version']})")
+    for key, value in meta["model"].items():
+        console.print(f"  model.{key}: {value}")
+    console.print(f"  tokens: {meta['tokens']:,}")
+    for key, value in meta["corpus"].items():
+        console.print(f"  corpus.{key}: {value}")
+    table = Table("layer", "mean |z|", "mean impact", "impact share of top 10%")
+    for row in summary["layers"]:
+        table.add_row(str(row["layer"]), f"{row['activation_mean']:.4g}", f"{row['impact_mean']:.4g}",
+                      f"{row['impact_top10_share']:.1%}")
+    console.print(table)
+
+
+def selection_options(func):
+    """--priors / --method / --density / --lambda / --seed, shared by the commands that select neurons."""
+    options = [
+        click.option("--priors", type=click.Path(path_type=Path), default=None, help="Priors from `glass-export calibrate`."),
+        click.option("--method", default="i-glass", show_default=True, type=click.Choice(list(METHODS)), help="Selection method."),
+        click.option("--density", default=0.5, show_default=True, type=DENSITY, help="Fraction of FFN neurons kept (rho)."),
+        click.option("--lambda", "lam", default=None, type=LAMBDA,
+                     help=f"Weight of the prompt's ranking for a-glass / i-glass [default: {DEFAULT_LAMBDA}]."),
+        click.option("--seed", default=0, show_default=True, help="Seed of the `random` method."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@selection_options
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@friendly_errors
+def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_tokens, dtype):
+    """Generate greedily with GLASS in eager PyTorch (the reference)."""
+    from .eager import GlassModel, eos_token_ids
+    from .models import load_model, load_tokenizer
+    from .priors import load_priors
+    from .selection import SelectionConfig
+
+    config = SelectionConfig(method, density, lam, seed)
+    if not prompt.strip():
+        raise GlassExportError("the prompt is empty", "pass some text with --prompt")
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=dtype)
+    loaded_priors = load_priors(priors) if priors is not None else None
+    glass = GlassModel(model, config, loaded_priors)
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    streamer = TextStreamer(tokenizer)
+    result = glass.generate(prompt_ids, max_new_tokens, eos_token_ids(model, tokenizer), on_token=streamer.put)
+    streamer.end()
+    decode_tokens = max(len(result.tokens) - 1, 0)
+    rate = decode_tokens / result.decode_seconds if result.decode_seconds > 0 and decode_tokens else 0.0
+    err_console.print(
+        f"[dim]{config.describe()}: kept {glass.k}/{glass.m} FFN neurons per layer ({glass.kept_fraction:.1%}); "
+        f"prompt {len(prompt_ids)} tokens, prefill {result.prefill_seconds * 1e3:.1f} ms, "
+        f"{len(result.tokens)} new tokens, decode {rate:.1f} tokens/s[/]"
+    )
+
+
+class TextStreamer:
+    """Prints generated text as it arrives (decoding the whole sequence keeps multi-byte characters intact)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def put(self, token: int) -> None:
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return
+        click.echo(text[self.printed :], nl=False)
+        sys.stdout.flush()
+        self.printed = len(text)
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        click.echo(text[self.printed :])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,219 @@
+"""GLASS neuron selection: local scores, global priors, rank fusion, top-k.
+
+Everything here follows ../shared/GLASS.md and works on whole stacks of
+layers at once (`[layers, m]` tensors) so that the exported prefill graph can
+reuse the same functions.
+
+Fusion uses integer arithmetic so that every runtime (eager PyTorch, ONNX
+Runtime, ExecuTorch) keeps exactly the same neurons: lambda is a multiple of
+1/LAMBDA_SCALE and the fused score
+
+    f(i) = lambda * r_local(i) + (1 - lambda) * r_global(i)
+
+is computed as the integer LAMBDA_SCALE * f(i).  Ties in f are broken by the
+local rank, which is itself a permutation, so the order is total.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .errors import GlassExportError
+
+LAMBDA_SCALE = 1000
+
+# Method name -> (prior used for the global ranks or None, fixed lambda or None = user's).
+METHODS: dict[str, tuple[str | None, float | None]] = {
+    "dense": (None, None),
+    "griffin": (None, 1.0),
+    "static-a": ("activation", 0.0),
+    "static-i": ("impact", 0.0),
+    "a-glass": ("activation", None),
+    "i-glass": ("impact", None),
+    "random": (None, None),
+}
+DEFAULT_LAMBDA = 0.5
+
+
+def keep_count(density: float, intermediate_size: int) -> int:
+    """k = round(density * m), rounding halves up (Python's round() rounds them to even)."""
+    check_density(density)
+    k = math.floor(density * intermediate_size + 0.5)
+    if k < 1:
+        raise GlassExportError(
+            f"density {density} keeps no neuron of {intermediate_size}",
+            f"use a density of at least {0.5 / intermediate_size:.2g}",
+        )
+    return min(k, intermediate_size)
+
+
+def check_density(density: float) -> None:
+    if not (0.0 < density <= 1.0):
+        raise GlassExportError(
+            f"density must be in (0, 1], got {density}", "pass e.g. --density 0.5 to keep half the FFN neurons"
+        )
+
+
+def lambda_units(lam: float) -> int:
+    """lambda as an integer number of 1/LAMBDA_SCALE steps; refuses values off that grid."""
+    if not (0.0 <= lam <= 1.0):
+        raise GlassExportError(f"lambda must be in [0, 1], got {lam}", "1 = prompt only (GRIFFIN), 0 = prior only")
+    units = round(lam * LAMBDA_SCALE)
+    if abs(units - lam * LAMBDA_SCALE) > 1e-6:
+        raise GlassExportError(
+            f"lambda must be a multiple of {1 / LAMBDA_SCALE}, got {lam}",
+            f"round it, e.g. --lambda {units / LAMBDA_SCALE}; ranks are fused in exact integer arithmetic",
+        )
+    return units
+
+
+class LocalStats:
+    """Running GRIFFIN statistic: per layer, sum over tokens of (z_t / ||z_t||)^2.
+
+    The local score is the square root of this sum, i.e. the column norm of
+    the row-normalised activation matrix Z.  Keeping the squared sum lets
+    prompts be fed in chunks.
+    """
+
+    def __init__(self, num_layers: int, intermediate_size: int):
+        self.sq_sum = torch.zeros(num_layers, intermediate_size, dtype=torch.float32)
+
+    def add(self, layer: int, z: torch.Tensor) -> None:
+        self.sq_sum[layer] += normalised_square_sum(z.reshape(-1, z.shape[-1]))
+
+    def scores(self) -> torch.Tensor:
+        return self.sq_sum.sqrt()
+
+
+def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
+    """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m]; a zero row contributes zero."""
+    z = z.float()
+    norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    normed = z / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return normed.square().sum(dim=0)
+
+
+def local_scores(z: torch.Tensor) -> torch.Tensor:
+    """Local score of every neuron from one layer's prompt activations z [T, m]."""
+    return normalised_square_sum(z).sqrt()
+
+
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each neuron along the last dim: 0 = highest score, ties by lower index."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    positions = torch.arange(scores.shape[-1], dtype=torch.int64).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
+def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int, k: int) -> torch.Tensor:
+    """Keep the k neurons with the smallest fused rank score, per layer.
+
+    local_rank, global_rank: int64 `[layers, m]` rank tensors (global may be
+    None when lambda is 1).  Returns int64 `[layers, k]` neuron indices in
+    ascending order (ascending indices keep the decode weight reads in
+    memory order).
+    """
+    m = local_rank.shape[-1]
+    if global_rank is None:
+        if lam_units != LAMBDA_SCALE:
+            raise GlassExportError("a global prior is needed when lambda < 1", "pass --priors from glass-export calibrate")
+        global_rank = torch.zeros_like(local_rank)
+    fused = lam_units * local_rank + (LAMBDA_SCALE - lam_units) * global_rank
+    # Unique key: fused score first, then the local rank (a permutation).
+    key = fused * m + local_rank
+    kept = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices
+    return torch.sort(kept, dim=-1).values
+
+
+def random_selection(num_layers: int, m: int, k: int, seed: int) -> torch.Tensor:
+    """A seeded random k-subset per layer (the floor every method must beat)."""
+    rows = []
+    for layer in range(num_layers):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + layer)
+        rows.append(torch.sort(torch.randperm(m, generator=gen)[:k]).values)
+    return torch.stack(rows)
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """What to keep: the method, the density and (for a-glass / i-glass) lambda."""
+
+    method: str
+    density: float = 0.5
+    lam: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise GlassExportError(
+                f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}"
+            )
+        check_density(self.density)
+        fixed = METHODS[self.method][1]
+        if self.lam is not None:
+            if fixed is not None or self.method in ("dense", "random"):
+                raise GlassExportError(
+                    f"lambda does not apply to method {self.method!r}",
+                    "only a-glass and i-glass take --lambda; drop it or pick one of those",
+                )
+            lambda_units(self.lam)
+
+    @property
+    def prior_name(self) -> str | None:
+        return METHODS[self.method][0]
+
+    @property
+    def effective_lambda(self) -> float | None:
+        fixed = METHODS[self.method][1]
+        if fixed is not None:
+            return fixed
+        if self.method in ("a-glass", "i-glass"):
+            return DEFAULT_LAMBDA if self.lam is None else self.lam
+        return None
+
+    @property
+    def needs_local_stats(self) -> bool:
+        lam = self.effective_lambda
+        return lam is not None and lam > 0
+
+    def keep_count(self, intermediate_size: int) -> int:
+        if self.method == "dense":
+            return intermediate_size
+        return keep_count(self.density, intermediate_size)
+
+    def describe(self) -> str:
+        if self.method == "dense":
+            return "dense"
+        text = f"{self.method} density={self.density:g}"
+        if self.method in ("a-glass", "i-glass"):
+            text += f" lambda={self.effective_lambda:g}"
+        return text
+
+
+def select(config: SelectionConfig, local: torch.Tensor | None, prior: torch.Tensor | None, m: int, num_layers: int) -> torch.Tensor:
+    """Indices `[layers, k]` for one prompt.
+
+    local: local scores `[layers, m]` from the prefill (None when unused);
+    prior: the chosen global prior `[layers, m]` (None when unused).
+    """
+    k = config.keep_count(m)
+    if config.method == "dense":
+        return torch.arange(m, dtype=torch.int64).expand(num_layers, m).clone()
+    if config.method == "random":
+        return random_selection(num_layers, m, k, config.seed)
+    lam = lambda_units(config.effective_lambda)
+    if config.prior_name is not None and prior is None:
+        raise GlassExportError(
+            f"method {config.method} needs global priors",
+            "run `glass-export calibrate` and pass its output with --priors",
+        )
+    if lam > 0 and local is None:
+        raise GlassExportError("internal: local scores missing for a prompt-dependent method")
+    global_rank = ranks(prior) if config.prior_name is not None else None
+    # With lambda = 0 the global ranks alone are a total order, so the local
+    # ranks are not needed and the mask does not depend on the prompt.
+    local_rank = ranks(local) if lam > 0 else torch.zeros(num_layers, m, dtype=torch.int64)
+    return fuse_and_select(local_rank, global_rank, lam, k)

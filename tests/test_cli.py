@@ -1,0 +1,101 @@
+"""The command line end to end on the built-in example, and its refusals of bad input."""
+
+import pytest
+from click.testing import CliRunner
+
+from glass_export.cli import main
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def priors_file(example_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("priors") / "priors.safetensors"
+    result = run("calibrate", "--model", example_dir / "model", "--data", example_dir / "corpus.txt",
+                 "--seq-len", 32, "--max-tokens", 512, "--batch-size", 2, "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_help_lists_the_commands():
+    result = run("--help")
+    assert result.exit_code == 0
+    for command in ("calibrate", "generate", "inspect", "example"):
+        assert command in result.output
+
+
+def test_calibrate_inspect_generate(example_dir, priors_file):
+    result = run("inspect", priors_file, "--json")
+    assert result.exit_code == 0, result.output
+    assert '"tokens": 512' in result.output and '"kind": "files"' in result.output
+    assert "impact share" in run("inspect", priors_file).output
+    result = run("generate", "--model", example_dir / "model", "--priors", priors_file, "--method", "a-glass",
+                 "--density", 0.5, "--lambda", 0.25, "--prompt", "The lighthouse", "--max-new-tokens", 8)
+    assert result.exit_code == 0, result.output
+    assert "kept 128/256 FFN neurons per layer (50.0%)" in result.output
+    assert "lambda=0.25" in result.output
+
+
+def test_calibrate_self_generate(example_dir, tmp_path):
+    out = tmp_path / "self.safetensors"
+    result = run("calibrate", "--model", example_dir / "model", "--self-generate", 64, "--seq-len", 16, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert '"kind": "self-generated"' in run("inspect", out, "--json").output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--density", "1.5"], "not in the range"),
+    (["--density", "0"], "not in the range"),
+    (["--method", "a-glass", "--lambda", "2"], "not in the range"),
+    (["--method", "nope"], "'nope' is not one of"),
+])
+def test_generate_usage_errors_exit_2(example_dir, args, message):
+    result = run("generate", "--model", example_dir / "model", "--prompt", "hi", *args)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_generate_refusals_exit_1(example_dir, priors_file, tmp_path):
+    model = example_dir / "model"
+    cases = [
+        (["--model", model, "--method", "griffin", "--prompt", "   "], "prompt is empty"),
+        (["--model", tmp_path / "nope", "--method", "griffin", "--prompt", "hi"], "does not exist"),
+        (["--model", model, "--method", "i-glass", "--prompt", "hi"], "needs global priors"),
+        (["--model", model, "--method", "griffin", "--lambda", "0.5", "--prompt", "hi"], "does not apply"),
+        (["--model", model, "--method", "i-glass", "--lambda", "0.12345", "--priors", priors_file, "--prompt", "hi"],
+         "multiple of 0.001"),
+    ]
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(priors_file.read_bytes()[:100])
+    cases.append((["--model", model, "--priors", truncated, "--prompt", "hi"], "not a valid glass-export priors"))
+    other = tmp_path / "other"
+    assert run("example", "--out", other, "--seed", 1).exit_code == 0
+    cases.append((["--model", other / "model", "--priors", priors_file, "--prompt", "hi"], "another model"))
+    for args, message in cases:
+        result = run("generate", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and "fix:" in result.output, (args, result.output)
+
+
+def test_calibrate_refusals_leave_no_output(example_dir, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for args, message in [
+        (["--data", empty], "corpus is empty"),
+        (["--data", example_dir / "corpus.txt", "--seq-len", 100000], "shorter than one sequence"),
+        ([], "exactly one of --data and --self-generate"),
+    ]:
+        result = run("calibrate", "--model", example_dir / "model", *args, "--out", out_dir / "p.safetensors")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert list(out_dir.iterdir()) == []
+
+
+def test_example_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    result = run("example", "--out", tmp_path)
+    assert result.exit_code == 1 and "not empty" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
