@@ -1,0 +1,139 @@
+// glass::gather_ffn compute core, shared by the ExecuTorch kernel and any other runtime glue.
+//
+//   y[t] = sum_j act(x[t] . gate[idx_j]) * (x[t] . up[idx_j]) * down_t[idx_j]
+//
+// Weights are neuron-contiguous: w_gate_up is [m, 2, d] (the gate row then the up row of
+// neuron i, one contiguous 2*d run) and w_down_t is [m, d] (row i = column i of W_down).
+// A kept neuron therefore costs three contiguous reads of d floats and nothing else.
+//
+// Runtime agnostic: raw pointers in, an error message out. Kept neurons are split into tasks
+// run on the caller's thread pool; each task accumulates into its own y buffer, summed at the end.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace glass {
+
+enum class Activation : int64_t { SiLU = 0, GeluTanh = 1 };
+
+inline bool valid_activation(int64_t code) { return code == 0 || code == 1; }
+
+// Returns "" when every index is in [0, m), else a message naming the first bad one.
+inline std::string check_indices(const int64_t* idx, int64_t k, int64_t m) {
+  for (int64_t j = 0; j < k; ++j) {
+    if (idx[j] < 0 || idx[j] >= m) {
+      char buf[160];
+      std::snprintf(buf, sizeof(buf), "glass::gather_ffn: index %lld at position %lld is out of range [0, %lld)",
+                    static_cast<long long>(idx[j]), static_cast<long long>(j), static_cast<long long>(m));
+      return buf;
+    }
+  }
+  return "";
+}
+
+inline float activate(Activation act, float g) {
+  if (act == Activation::SiLU) return g / (1.0f + std::exp(-g));
+  // GELU, tanh approximation (gelu_pytorch_tanh)
+  const float kAlpha = 0.7978845608028654f;  // sqrt(2 / pi)
+  return 0.5f * g * (1.0f + std::tanh(kAlpha * (g + 0.044715f * g * g * g)));
+}
+
+// Two dot products with one read of a: 32 independent lanes hide the FMA latency.
+inline void dot2(const float* a, const float* b, const float* c, int64_t d, float* ab, float* ac) {
+  constexpr int kLanes = 32;
+  float acc_b[kLanes] = {0}, acc_c[kLanes] = {0};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      acc_b[l] += a[i + l] * b[i + l];
+      acc_c[l] += a[i + l] * c[i + l];
+    }
+  }
+  float sb = 0.0f, sc = 0.0f;
+  for (; i < d; ++i) {
+    sb += a[i] * b[i];
+    sc += a[i] * c[i];
+  }
+  for (int l = 0; l < kLanes; ++l) {
+    sb += acc_b[l];
+    sc += acc_c[l];
+  }
+  *ab = sb;
+  *ac = sc;
+}
+
+inline void axpy(float alpha, const float* x, float* y, int64_t d) {
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) y[i] += alpha * x[i];
+}
+
+// Runs f(begin, end) over [0, n) on the calling thread: the fallback "thread pool".
+struct SerialFor {
+  template <typename F>
+  void operator()(int64_t n, const F& f) const { f(0, n); }
+};
+
+#ifdef _OPENMP
+// OpenMP-backed parallel_for, for builds outside a runtime that owns a thread pool.
+struct OpenMPFor {
+  template <typename F>
+  void operator()(int64_t n, const F& f) const {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) f(i, i + 1);
+  }
+};
+#endif
+
+// How many independent tasks (each with its own output buffer) to split k neurons into:
+// at least 16 neurons per task, at most max_tasks.
+inline int64_t task_count(int64_t k, int64_t max_tasks) {
+  return std::max<int64_t>(1, std::min<int64_t>(max_tasks, k / 16));
+}
+
+// x: [n_tokens, d]; y: [n_tokens, d] (overwritten). Indices must have been checked.
+// parallel_for(n, f) must call f(begin, end) on disjoint ranges covering [0, n); the
+// runtime's own thread pool goes here so the kernel shares threads with the rest of the graph.
+template <typename ParallelFor>
+void gather_ffn_f32(const float* x, int64_t n_tokens, int64_t d, const float* w_gate_up, const float* w_down_t,
+                    const int64_t* idx, int64_t k, Activation act, float* y, int64_t n_tasks,
+                    const ParallelFor& parallel_for) {
+  const int64_t out_size = n_tokens * d;
+  std::vector<float> partial(static_cast<size_t>(n_tasks * out_size), 0.0f);
+  parallel_for(n_tasks, [&](int64_t task_begin, int64_t task_end) {
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      float* acc = partial.data() + task * out_size;
+      const int64_t begin = k * task / n_tasks, end = k * (task + 1) / n_tasks;
+      for (int64_t j = begin; j < end; ++j) {
+        const float* gate = w_gate_up + idx[j] * 2 * d;
+        const float* up = gate + d;
+        const float* down = w_down_t + idx[j] * d;
+        // Kept neurons are scattered: hardware prefetchers stop at each jump, so ask for the
+        // neuron two steps ahead explicitly (one prefetch per 64-byte line).
+        const int64_t ahead = j + 2 < end ? idx[j + 2] : idx[end - 1];
+        const float* ahead_gu = w_gate_up + ahead * 2 * d;
+        const float* ahead_down = w_down_t + ahead * d;
+        for (int64_t i = 0; i < 2 * d; i += 16) __builtin_prefetch(ahead_gu + i);
+        for (int64_t i = 0; i < d; i += 16) __builtin_prefetch(ahead_down + i);
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          const float* xt = x + t * d;
+          float g, u;
+          dot2(xt, gate, up, d, &g, &u);
+          axpy(activate(act, g) * u, down, acc + t * d, d);
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < out_size; ++i) {
+    float sum = 0.0f;
+    for (int64_t task = 0; task < n_tasks; ++task) sum += partial[task * out_size + i];
+    y[i] = sum;
+  }
+}
+
+}  // namespace glass
