@@ -18,8 +18,10 @@ from . import __version__
 from .errors import GlassExportError
 from .selection import DEFAULT_LAMBDA, METHODS
 
-# torchao (pulled in by transformers/executorch) logs deprecation noise at import.
+# torchao (pulled in by transformers/executorch) logs deprecation noise at import, and the
+# ONNX exporter warns about torchvision ops it cannot register.
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 err_console = Console(stderr=True)
 
@@ -221,6 +223,112 @@ def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_toke
         f"prompt {len(prompt_ids)} tokens, prefill {result.prefill_seconds * 1e3:.1f} ms, "
         f"{len(result.tokens)} new tokens, decode {rate:.1f} tokens/s[/]"
     )
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@selection_options
+@click.option("--dense", is_flag=True, help="Export the dense twin (full FFN) through the same code path.")
+@click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx"]), help="Runtime to export for.")
+@click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
+              help="Longest prompt + generation the artifact accepts.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to create.")
+@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@friendly_errors
+def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq_len, out, force):
+    """Export a two-graph GLASS artifact (prefill + sparse decode)."""
+    from .export import export_artifact
+    from .selection import SelectionConfig
+
+    config = SelectionConfig("dense") if dense else SelectionConfig(method, density, lam, seed)
+    steps = ["loading model", "preparing graphs", "exporting prefill graph", "exporting decode graph",
+             "writing shared weights", "checking graphs", "writing manifest and tokenizer"]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
+        task = bar.add_task("export", total=len(steps))
+
+        def step(name: str) -> None:
+            done = steps.index(name) if name in steps else 0
+            bar.update(task, completed=done, description=name)
+
+        manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, step)
+        bar.update(task, completed=len(steps), description="done")
+    sel = manifest["selection"]
+    weights = manifest.get("onnx", {}).get("weights_bytes")
+    err_console.print(
+        f"[green]wrote[/] {out}: {config.describe()}, k={sel['k']}/{sel['m']} per layer, "
+        f"max_seq_len={manifest['max_seq_len']}" + (f", weights {weights / 2**20:.1f} MiB (stored once)" if weights else "")
+    )
+
+
+@main.command()
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Directory from `glass-export export`.")
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="Runtime threads [default: runtime's choice].")
+@click.option("--no-native", is_flag=True, help="Do not load the native op library (use the fallback).")
+@friendly_errors
+def run(artifact, prompt, max_new_tokens, threads, no_native):
+    """Generate with an exported artifact (greedy), streaming the text."""
+    from .runtime import generate, open_artifact
+
+    if not prompt.strip():
+        raise GlassExportError("the prompt is empty", "pass some text with --prompt")
+    backend = open_artifact(artifact, use_native=not no_native, threads=threads)
+    tokenizer = backend.tokenizer()
+    ids = tokenizer(prompt)["input_ids"]
+    streamer = TextStreamer(tokenizer)
+    eos = set(backend.manifest["tokenizer"]["eos_token_ids"])
+    result = generate(backend, ids, max_new_tokens, eos, on_token=streamer.put)
+    streamer.end()
+    sel = backend.manifest["selection"]
+    prefill_rate = len(ids) / result.prefill_seconds if result.prefill_seconds > 0 else 0.0
+    err_console.print(
+        f"[dim]{backend.manifest['target']} ({getattr(backend, 'op_implementation', '')}); {sel['method']} "
+        f"k={sel['k']}/{sel['m']}; prefill {len(ids)} tokens in {result.prefill_seconds * 1e3:.1f} ms "
+        f"({prefill_rate:.0f} tokens/s); decode {len(result.tokens)} tokens, {result.decode_tokens_per_second:.1f} tokens/s"
+        + ("; stopped at max_seq_len" if result.stopped_at_max_seq_len else "") + "[/]"
+    )
+
+
+@main.command()
+@click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Directory from `glass-export export`.")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="The model it was exported from.")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts file (one a line, or JSONL with 'prompt') [default: built-in short instructions].")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Greedy tokens to compare.")
+@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0), help="Max abs logits difference.")
+@click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
+@friendly_errors
+def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
+    """Check an exported artifact against eager PyTorch: logits, kept indices, greedy tokens."""
+    from .prompts import read_prompts
+    from .verify import verify_artifact
+
+    prompt_list = read_prompts(prompts)
+    with progress_bar("prompts") as bar:
+        task = bar.add_task("verifying", total=len(prompt_list))
+        report = verify_artifact(artifact, model_dir, prompt_list, steps, atol, not no_native,
+                                 progress=lambda: bar.advance(task))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        table = Table("prompt", "tokens", "prefill |diff|", "decode max |diff|", "indices", "greedy tokens", "")
+        for row in report["prompts"]:
+            mismatch = row["first_token_mismatch"]
+            prompt = row["prompt"] if len(row["prompt"]) <= 28 else row["prompt"][:27] + "…"
+            table.add_row(
+                prompt, str(row["prompt_tokens"]), f"{row['prefill_max_abs_diff']:.2e}",
+                f"{max(row['step_max_abs_diff'], default=0.0):.2e}",
+                "identical" if row["indices_identical"] else f"{row['indices_differing']} differ",
+                f"{row['tokens_compared']}/{steps} match" if mismatch is None else f"differ at step {mismatch}",
+                "[green]ok[/]" if row["passed"] else "[red]FAIL[/]",
+            )
+        Console().print(table)
+        Console().print(f"{report['target']} artifact, op: {report['op_implementation']}, atol {atol:g}: "
+                        + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
+    if not report["passed"]:
+        sys.exit(1)
 
 
 class TextStreamer:

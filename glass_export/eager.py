@@ -65,6 +65,7 @@ class GenerationResult:
     indices: torch.Tensor  # [layers, k]
     local_scores: torch.Tensor | None  # [layers, m]
     step_logits: list[torch.Tensor] = field(default_factory=list)  # logits that chose each token
+    prefill_logits: torch.Tensor | None = None  # [T, vocab], kept with keep_logits
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
 
@@ -129,6 +130,8 @@ class GlassModel:
         step_logits = logits[0, -1]
         prefill_seconds = time.perf_counter() - start
         result = GenerationResult(list(prompt_ids), [], indices, local, prefill_seconds=prefill_seconds)
+        if keep_logits:
+            result.prefill_logits = logits[0]
         eos_ids = eos_ids or set()
         start = time.perf_counter()
         with self.sparse(indices):

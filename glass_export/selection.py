@@ -108,6 +108,18 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, positions)
 
 
+def ranks_by_topk(scores: torch.Tensor) -> torch.Tensor:
+    """ranks() written with a full top-k, for exported graphs (ONNX has no stable sort).
+
+    ONNX TopK breaks ties by the lower index, the same rule as ranks(); ties in
+    float scores are rare outside exactly-zero neurons.
+    """
+    m = scores.shape[-1]
+    order = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices
+    positions = torch.arange(m, dtype=torch.int64).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, positions)
+
+
 def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int, k: int) -> torch.Tensor:
     """Keep the k neurons with the smallest fused rank score, per layer.
 
@@ -125,7 +137,8 @@ def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, 
     # Unique key: fused score first, then the local rank (a permutation).
     key = fused * m + local_rank
     kept = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices
-    return torch.sort(kept, dim=-1).values
+    # Ascending neuron order: -topk(-x) sorts the (distinct) indices without a sort op.
+    return -torch.topk(-kept, k, dim=-1, largest=True, sorted=True).values
 
 
 def random_selection(num_layers: int, m: int, k: int, seed: int) -> torch.Tensor:

@@ -1,0 +1,43 @@
+"""Prompt files: one prompt a line (text) or JSONL with a `prompt` (or `instruction`) field."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from .errors import GlassExportError
+
+
+def builtin_prompts() -> list[str]:
+    text = resources.files("glass_export.data").joinpath("prompts.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def read_prompts(path: str | Path | None) -> list[str]:
+    """The user's prompts, or the built-in short instructions when path is None."""
+    if path is None:
+        return builtin_prompts()
+    path = Path(path)
+    if not path.is_file():
+        raise GlassExportError(f"prompts file {path} does not exist", "pass a text file (one prompt a line) or JSONL")
+    prompts = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        for line_no, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc
+            text = record.get("prompt", record.get("instruction")) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise GlassExportError(f"{path}:{line_no} has no string field 'prompt' or 'instruction'")
+            prompts.append(text)
+    else:
+        prompts = [line for line in lines if line.strip()]
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise GlassExportError(f"prompts file {path} holds no prompt", "write one prompt a line")
+    return prompts
