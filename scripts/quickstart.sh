@@ -11,3 +11,7 @@ $GE calibrate --model "$OUT/model" --data "$OUT/corpus.txt" --seq-len 64 --out "
 $GE inspect "$OUT/priors.safetensors"
 $GE generate --model "$OUT/model" --priors "$OUT/priors.safetensors" --method i-glass --density 0.5 --lambda 0.5 \
   --prompt "Write a short poem about the sea." --max-new-tokens 32
+$GE export --model "$OUT/model" --priors "$OUT/priors.safetensors" --method i-glass --density 0.5 --lambda 0.5 \
+  --target onnx --max-seq-len 128 --out "$OUT/onnx-i-glass" --force
+$GE run --artifact "$OUT/onnx-i-glass" --prompt "Write a short poem about the sea." --max-new-tokens 32
+$GE verify --artifact "$OUT/onnx-i-glass" --model "$OUT/model" --steps 16
