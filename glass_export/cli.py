@@ -23,7 +23,7 @@ from .selection import DEFAULT_LAMBDA, METHODS
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
 
 
 class RateColumn(ProgressColumn):
@@ -229,7 +229,8 @@ def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_toke
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
 @selection_options
 @click.option("--dense", is_flag=True, help="Export the dense twin (full FFN) through the same code path.")
-@click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx"]), help="Runtime to export for.")
+@click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx", "executorch"]),
+              help="onnx: prefill.onnx + decode.onnx; executorch: model.pte with prefill and decode methods.")
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Longest prompt + generation the artifact accepts.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to create.")
@@ -242,7 +243,8 @@ def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq
 
     config = SelectionConfig("dense") if dense else SelectionConfig(method, density, lam, seed)
     steps = ["loading model", "preparing graphs", "exporting prefill graph", "exporting decode graph",
-             "writing shared weights", "checking graphs", "writing manifest and tokenizer"]
+             *(["writing shared weights", "checking graphs"] if target == "onnx" else ["lowering to XNNPACK", "writing program"]),
+             "writing manifest and tokenizer"]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
         task = bar.add_task("export", total=len(steps))
 
@@ -253,10 +255,15 @@ def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq
         manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, step)
         bar.update(task, completed=len(steps), description="done")
     sel = manifest["selection"]
-    weights = manifest.get("onnx", {}).get("weights_bytes")
+    if target == "onnx":
+        size = f"weights file {manifest['onnx']['weights_bytes'] / 2**20:.2f} MiB (each tensor once)"
+    else:
+        et = manifest["executorch"]
+        size = (f"model.pte {et['pte_bytes'] / 2**20:.2f} MiB for {et['model_weight_bytes'] / 2**20:.2f} MiB of weights "
+                f"({et['pte_bytes'] / et['model_weight_bytes']:.2f}x)")
     err_console.print(
         f"[green]wrote[/] {out}: {config.describe()}, k={sel['k']}/{sel['m']} per layer, "
-        f"max_seq_len={manifest['max_seq_len']}" + (f", weights {weights / 2**20:.1f} MiB (stored once)" if weights else "")
+        f"max_seq_len={manifest['max_seq_len']}, {size}"
     )
 
 
@@ -329,6 +336,87 @@ def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
                         + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
     if not report["passed"]:
         sys.exit(1)
+
+
+def comma_list(kind):
+    """A click callback parsing "a,b,c" into a list of kind."""
+
+    def parse(_ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from exc
+        if not items:
+            raise click.BadParameter("the list is empty")
+        return items
+
+    return parse
+
+
+@main.command("eval")
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--priors", type=click.Path(path_type=Path), default=None, help="Priors from `glass-export calibrate`.")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None,
+              help="Prompts file (one a line, or JSONL with 'prompt') [default: built-in short instructions].")
+@click.option("--methods", default=",".join(METHODS), show_default=True, callback=comma_list(str))
+@click.option("--densities", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float))
+@click.option("--lambdas", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float),
+              help="lambda values swept for a-glass / i-glass.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=2))
+@click.option("--artifact", type=click.Path(path_type=Path), default=None,
+              help="Evaluate this exported artifact's own method instead of the eager sweep.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for results.json, results.md, plots.")
+@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@friendly_errors
+def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_new_tokens, artifact, out, force):
+    """Perplexity and KL of sparse generation against dense, per method x density (x lambda)."""
+    from . import evaluation
+    from .io_utils import atomic_directory
+    from .models import load_model, load_tokenizer, model_info
+    from .priors import load_priors
+    from .prompts import read_prompts
+
+    prompt_texts = read_prompts(prompts)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    info = model_info(model)
+    generate_fn = None
+    if artifact is not None:
+        from .runtime import generate, open_artifact
+        from .verify import selection_from_manifest
+
+        backend = open_artifact(artifact)
+        if backend.manifest["model"]["fingerprint"] != info.fingerprint:
+            raise GlassExportError(f"artifact {artifact} was exported from another model", "pass its own --model")
+        runs = [selection_from_manifest(backend.manifest)]
+
+        def generate_fn(config, prompt):
+            result = generate(backend, prompt, max_new_tokens, keep_logits=True)
+            return result.tokens, result.step_logits
+    else:
+        runs = evaluation.plan_runs(methods, densities, lambdas)
+    loaded = load_priors(priors) if priors is not None else None
+    if loaded is not None:
+        loaded.check_matches(info)
+    if loaded is None and any(r.prior_name for r in runs) and artifact is None:
+        raise GlassExportError("the methods include ones that need global priors", "pass --priors, or drop them from --methods")
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompt_texts]
+    with atomic_directory(out, force=force) as tmp:
+        with progress_bar("runs") as bar:
+            task = bar.add_task("evaluating", total=len(runs))
+            results = evaluation.evaluate(model, loaded, prompt_ids, runs, max_new_tokens, generate_fn,
+                                          progress=lambda: bar.advance(task))
+        meta = {"model": info.to_dict(), "prompts": len(prompt_texts), "max_new_tokens": max_new_tokens,
+                "artifact": None if artifact is None else str(artifact),
+                "priors": None if loaded is None else {"tokens": loaded.tokens, "corpus": loaded.corpus}}
+        (tmp / "results.json").write_text(json.dumps(evaluation.to_json(results, meta), indent=2) + "\n")
+        table = evaluation.markdown_table(results)
+        (tmp / "results.md").write_text(table)
+        evaluation.plot(results, tmp)
+    click.echo(table)
+    err_console.print(f"[green]wrote[/] {out}/results.json, results.md and plots")
 
 
 class TextStreamer:

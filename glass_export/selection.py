@@ -105,7 +105,7 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
     """Rank of each neuron along the last dim: 0 = highest score, ties by lower index."""
     order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
     positions = torch.arange(scores.shape[-1], dtype=torch.int64).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, positions)
+    return torch.zeros_like(order).scatter_(-1, order, positions)
 
 
 def ranks_by_topk(scores: torch.Tensor) -> torch.Tensor:
@@ -117,7 +117,7 @@ def ranks_by_topk(scores: torch.Tensor) -> torch.Tensor:
     m = scores.shape[-1]
     order = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices
     positions = torch.arange(m, dtype=torch.int64).expand_as(order)
-    return torch.empty_like(order).scatter_(-1, order, positions)
+    return torch.zeros_like(order).scatter_(-1, order, positions)
 
 
 def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int, k: int) -> torch.Tensor:

@@ -157,3 +157,32 @@ def test_kernel_core_fuzz_under_address_sanitizer():
     assert run.returncode == 0, run.stdout + run.stderr
     assert "400 passed, 0 failed" in run.stdout
     assert "AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr
+
+
+class DensePrefillFFN(torch.nn.Module):
+    """The dense prefill halves: glass::ffn_up then glass::ffn_down."""
+
+    def __init__(self, gu, dt, activation):
+        super().__init__()
+        self.register_buffer("gu", gu)
+        self.register_buffer("dt", dt)
+        self.activation = activation
+
+    def forward(self, x):
+        z = torch.ops.glass.ffn_up(x, self.gu, self.activation)
+        return z, torch.ops.glass.ffn_down(z, self.dt)
+
+
+@pytest.mark.parametrize("activation", [0, 1])
+def test_dense_prefill_ops_match_reference_in_torch_and_executorch(executorch_kernels, activation, tmp_path):
+    x, gu, dt, _ = random_case(21, d=24, m=40, k=1, tokens=5)
+    all_neurons = torch.arange(40)
+    want_y = loop_reference(x, gu, dt, all_neurons, activation).reshape(x.shape)
+    g, u = x @ gu[:, 0].T, x @ gu[:, 1].T
+    want_z = (torch.nn.functional.silu(g) if activation == 0 else torch.nn.functional.gelu(g, approximate="tanh")) * u
+    module = DensePrefillFFN(gu, dt, activation)
+    for z, y in (module(x), export_pte(module, (x,), tmp_path / "dense.pte").execute([x])):
+        torch.testing.assert_close(z, want_z, atol=ATOL, rtol=RTOL)
+        torch.testing.assert_close(y, want_y, atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="ffn_down"):
+        torch.ops.glass.ffn_down(want_z, dt[:10])

@@ -1,4 +1,4 @@
-"""`glass-export export`: a two-graph GLASS artifact for ONNX Runtime (ExecuTorch: see the open issue)."""
+"""`glass-export export`: a two-graph GLASS artifact for ONNX Runtime or ExecuTorch."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..errors import GlassExportError
 from ..io_utils import atomic_directory
 from ..selection import SelectionConfig
 
-TARGETS = ("onnx",)
+TARGETS = ("onnx", "executorch")
 
 
 def export_artifact(
@@ -50,7 +50,12 @@ def export_artifact(
             f"export with --max-seq-len {window} or less",
         )
     with atomic_directory(Path(out), force=force) as tmp:
-        parts = export_onnx(model, config, priors, tmp, max_seq_len, step)
+        if target == "onnx":
+            parts = export_onnx(model, config, priors, tmp, max_seq_len, step)
+        else:
+            from .executorch_export import export_executorch
+
+            parts = export_executorch(model, config, priors, tmp, max_seq_len, step)
         step("writing manifest and tokenizer")
         manifest = finish_manifest(tmp, parts, tokenizer, eos_token_ids(model, tokenizer))
     return manifest

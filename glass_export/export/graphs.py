@@ -29,10 +29,13 @@ from ..selection import LAMBDA_SCALE, SelectionConfig, fuse_and_select, normalis
 class FFNContext:
     """What the graph wrapper tells every GraphFFN while it traces one forward pass."""
 
-    def __init__(self):
+    def __init__(self, dense_ops: bool = False):
         self.mode = "dense"  # "dense" | "record" (dense + local statistics) | "gather"
         self.indices: torch.Tensor | None = None
         self.stats: list[torch.Tensor] = []
+        # Dense FFN through glass::ffn_up / glass::ffn_down instead of matmuls: for runtimes whose
+        # matmul delegate would keep its own re-packed copy of the weights (XNNPACK).
+        self.dense_ops = dense_ops
 
 
 class GraphFFN(torch.nn.Module):
@@ -54,22 +57,64 @@ class GraphFFN(torch.nn.Module):
                 x, self.w_gate_up, self.w_down_t, ctx.indices[self.layer], ACTIVATION_CODES[self.activation]
             )
         m, _, d = self.w_gate_up.shape
-        # One matmul over [2m, d] rows (gate_i, up_i interleaved), the same bytes the gather op reads.
-        gate_up = torch.matmul(x, self.w_gate_up.reshape(2 * m, d).transpose(0, 1)).unflatten(-1, (m, 2))
-        z = apply_activation(self.activation, gate_up[..., 0]) * gate_up[..., 1]
+        if ctx.dense_ops:
+            z = torch.ops.glass.ffn_up(x, self.w_gate_up, ACTIVATION_CODES[self.activation])
+        else:
+            # One matmul over [2m, d] rows (gate_i, up_i interleaved), the same bytes the gather op reads.
+            gate_up = torch.matmul(x, self.w_gate_up.reshape(2 * m, d).transpose(0, 1)).unflatten(-1, (m, 2))
+            z = apply_activation(self.activation, gate_up[..., 0]) * gate_up[..., 1]
         if ctx.mode == "record":
             ctx.stats.append(normalised_square_sum(z.reshape(-1, m)))
-        return torch.matmul(z, self.w_down_t)
+        return torch.ops.glass.ffn_down(z, self.w_down_t) if ctx.dense_ops else torch.matmul(z, self.w_down_t)
 
 
-def graph_model(model):
+def graph_model(model, dense_ops: bool = False):
     """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext."""
     ffns = ffn_layers(model)
-    context = FFNContext()
+    context = FFNContext(dense_ops)
     clone = copy.deepcopy(model).eval()
     for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
         layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context)
     return clone, context
+
+
+class StaticKV(torch.nn.Module):
+    """A static KV cache [1, kv_heads, max_seq_len, head_dim] per layer, held as module buffers.
+
+    Exported programs keep these as mutable buffers; with ExecuTorch's shared mutable
+    buffers the prefill and decode methods read and write the same memory.
+    """
+
+    def __init__(self, config, max_seq_len: int, num_kv_heads: int, head_dim: int):
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
+        super().__init__()
+        self.cache = StaticCache(max_cache_len=max_seq_len, config=config)
+        # Sliding-window layers carry control flow export cannot keep; within max_seq_len <= window
+        # a plain static layer is equivalent (the exporter checks that bound).
+        self.cache.layers = [StaticLayer(max_seq_len) for _ in self.cache.layers]
+        self.cache.early_initialization(1, num_kv_heads, head_dim, torch.float32, "cpu")
+        for i, layer in enumerate(self.cache.layers):
+            self.register_buffer(f"key_{i}", layer.keys, persistent=False)
+            self.register_buffer(f"value_{i}", layer.values, persistent=False)
+            self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
+
+    def at(self, position, reset: bool = False):
+        """The cache, set to append at `position` (an int64 tensor holding one value).
+
+        reset (prefill) zeroes it first: ExecuTorch gives mutable buffers no initial
+        value, and masked-out garbage (a NaN) would still poison attention's sums.
+        """
+        for i, layer in enumerate(self.cache.layers):
+            # Read the buffers through the module so torch.export sees buffers, not constants.
+            layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
+            layer.cumulative_length = getattr(self, f"length_{i}")
+            layer.cumulative_length.copy_(position.reshape(()))
+            if reset:
+                layer.keys.zero_()
+                layer.values.zero_()
+        return self.cache
 
 
 def flatten_cache(cache) -> list[torch.Tensor]:
@@ -80,9 +125,11 @@ def flatten_cache(cache) -> list[torch.Tensor]:
 
 
 class PrefillGraph(torch.nn.Module):
-    def __init__(self, model, context: FFNContext, config: SelectionConfig, global_rank: torch.Tensor | None, m: int):
+    def __init__(self, model, context: FFNContext, config: SelectionConfig, global_rank: torch.Tensor | None, m: int,
+                 kv: StaticKV | None = None):
         super().__init__()
         self.model = model
+        self.kv = kv  # None: a dynamic cache, returned as present tensors
         self.context = context
         self.config = config
         self.k = config.keep_count(m)
@@ -101,11 +148,16 @@ class PrefillGraph(torch.nn.Module):
     def forward(self, input_ids):
         self.context.mode = "record"
         self.context.stats = []
-        cache = DynamicCache(config=self.model.config)
+        if self.kv is None:
+            cache = DynamicCache(config=self.model.config)
+        else:
+            cache = self.kv.at(torch.zeros((), dtype=torch.int64), reset=True)
         out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
         local = torch.stack(self.context.stats).sqrt()
         self.context.mode = "dense"
         indices = self.select(local)
+        if self.kv is not None:
+            return out.logits, local, indices
         return (out.logits, local, indices, *flatten_cache(out.cache))
 
     def select(self, local: torch.Tensor) -> torch.Tensor:
@@ -123,17 +175,23 @@ class PrefillGraph(torch.nn.Module):
 
 
 class DecodeGraph(torch.nn.Module):
-    def __init__(self, model, context: FFNContext, sparse: bool):
+    def __init__(self, model, context: FFNContext, sparse: bool, kv: StaticKV | None = None):
         super().__init__()
         self.model = model
         self.context = context
         self.sparse = sparse
+        self.kv = kv  # None: the past comes in as tensors and the present goes out
 
-    def forward(self, input_ids, position_ids, indices, past: tuple[torch.Tensor, ...]):
+    def forward(self, input_ids, position_ids, indices, past: tuple[torch.Tensor, ...] = ()):
         self.context.mode = "gather" if self.sparse else "dense"
         self.context.indices = indices
-        cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
+        if self.kv is None:
+            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
+        else:
+            cache = self.kv.at(position_ids)
         out = self.model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True)
         self.context.mode = "dense"
         self.context.indices = None
+        if self.kv is not None:
+            return out.logits
         return (out.logits, *flatten_cache(out.cache))

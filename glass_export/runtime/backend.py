@@ -107,4 +107,8 @@ def open_artifact(directory: str | Path, use_native: bool = True, threads: int |
         from .onnx_backend import OnnxBackend
 
         return OnnxBackend(Path(directory), manifest, use_native=use_native, threads=threads)
+    if target == "executorch":
+        from .executorch_backend import ExecuTorchBackend
+
+        return ExecuTorchBackend(Path(directory), manifest)
     raise GlassExportError(f"artifact target {target!r} is not supported by this glass-export", "re-export it")

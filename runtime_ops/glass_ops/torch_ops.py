@@ -7,14 +7,17 @@ import torch.nn.functional as F
 
 ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1}
 
-torch.library.define(
-    "glass::gather_ffn",
-    "(Tensor x, Tensor w_gate_up, Tensor w_down_t, Tensor idx, int activation) -> Tensor",
-)
-torch.library.define(
-    "glass::gather_ffn.out",
-    "(Tensor x, Tensor w_gate_up, Tensor w_down_t, Tensor idx, int activation, *, Tensor(a!) out) -> Tensor(a!)",
-)
+# Each op has a functional form and an .out form (what ExecuTorch's kernels implement).
+SCHEMAS = {
+    # decode: the FFN over the kept neurons idx
+    "gather_ffn": "Tensor x, Tensor w_gate_up, Tensor w_down_t, Tensor idx, int activation",
+    # dense prefill in two halves reading the same tensors: z = act(x Wg^T) * (x Wu^T); y = z W_down^T
+    "ffn_up": "Tensor x, Tensor w_gate_up, int activation",
+    "ffn_down": "Tensor z, Tensor w_down_t",
+}
+for _name, _args in SCHEMAS.items():
+    torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
+    torch.library.define(f"glass::{_name}.out", f"({_args}, *, Tensor(a!) out) -> Tensor(a!)")
 
 
 def check_inputs(x, w_gate_up, w_down_t, idx, activation) -> None:
@@ -47,26 +50,54 @@ def reference(x, w_gate_up, w_down_t, idx, activation):
     return h @ w_down_t.index_select(0, idx)
 
 
-@torch.library.impl("glass::gather_ffn", "CompositeExplicitAutograd")
-def _gather_ffn(x, w_gate_up, w_down_t, idx, activation):
-    return reference(x, w_gate_up, w_down_t, idx, activation)
+def ffn_up_reference(x, w_gate_up, activation):
+    if w_gate_up.dim() != 3 or w_gate_up.shape[1] != 2 or x.shape[-1] != w_gate_up.shape[2]:
+        raise ValueError(f"glass::ffn_up: expected w_gate_up [m, 2, d] and x [..., d], got {tuple(w_gate_up.shape)}, {tuple(x.shape)}")
+    if activation not in ACTIVATION_CODES.values():
+        raise ValueError(f"glass::ffn_up: activation must be 0 (silu) or 1 (gelu_tanh), got {activation}")
+    return _activate(activation, x @ w_gate_up[:, 0].T) * (x @ w_gate_up[:, 1].T)
 
 
-@torch.library.impl("glass::gather_ffn.out", "CompositeExplicitAutograd")
-def _gather_ffn_out(x, w_gate_up, w_down_t, idx, activation, *, out):
-    result = reference(x, w_gate_up, w_down_t, idx, activation)
-    out.resize_(result.shape).copy_(result)
-    return out
+def ffn_down_reference(z, w_down_t):
+    if w_down_t.dim() != 2 or z.shape[-1] != w_down_t.shape[0]:
+        raise ValueError(f"glass::ffn_down: expected w_down_t [m, d] and z [..., m], got {tuple(w_down_t.shape)}, {tuple(z.shape)}")
+    return z @ w_down_t
 
 
-@torch.library.register_fake("glass::gather_ffn")
-def _gather_ffn_fake(x, w_gate_up, w_down_t, idx, activation):
-    return x.new_empty(x.shape)
+REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference}
 
 
-@torch.library.register_fake("glass::gather_ffn.out")
-def _gather_ffn_out_fake(x, w_gate_up, w_down_t, idx, activation, *, out):
-    return out
+def _output_shape(name, first, second):
+    if name == "gather_ffn":
+        return first.shape
+    if name == "ffn_up":
+        return (*first.shape[:-1], second.shape[0])
+    return (*first.shape[:-1], second.shape[1])
+
+
+def _register(name, ref):
+    def functional(*args):
+        return ref(*args)
+
+    def out_variant(*args, out):
+        result = ref(*args)
+        out.resize_(result.shape).copy_(result)
+        return out
+
+    def fake(*args):
+        return args[0].new_empty(_output_shape(name, args[0], args[1]))
+
+    def out_fake(*args, out):
+        return out
+
+    torch.library.impl(f"glass::{name}", "CompositeExplicitAutograd")(functional)
+    torch.library.impl(f"glass::{name}.out", "CompositeExplicitAutograd")(out_variant)
+    torch.library.register_fake(f"glass::{name}")(fake)
+    torch.library.register_fake(f"glass::{name}.out")(out_fake)
+
+
+for _name, _ref in REFERENCES.items():
+    _register(_name, _ref)
 
 
 def gather_ffn(x, w_gate_up, w_down_t, idx, activation: int):

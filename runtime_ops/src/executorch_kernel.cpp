@@ -1,13 +1,26 @@
-// ExecuTorch kernel for glass::gather_ffn.out, registered with EXECUTORCH_LIBRARY.
+// ExecuTorch kernels for the glass ops, registered with EXECUTORCH_LIBRARY:
+//   glass::gather_ffn.out  decode FFN over the kept neurons
+//   glass::ffn_up.out      dense prefill, first half: z = act(x W_gate^T) * (x W_up^T)
+//   glass::ffn_down.out    dense prefill, second half: y = z W_down^T (w_down_t [m, d])
+// All three read the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
+#include <vector>
+
 #include "gather_ffn.h"
 
 namespace glass_et {
+
+using executorch::aten::ScalarType;
+using executorch::aten::SizesType;
+using executorch::aten::Tensor;
+using executorch::runtime::Error;
+using executorch::runtime::KernelRuntimeContext;
+using executorch::runtime::tensor_is_contiguous;
 
 // ExecuTorch's own thread pool (the pthreadpool XNNPACK uses), so the FFN shares threads
 // with the delegated parts of the graph instead of competing with them.
@@ -21,44 +34,74 @@ struct ExecuTorchFor {
 // Tasks per call: enough to balance the big cores of a phone, each with a private output buffer.
 constexpr int64_t kMaxTasks = 8;
 
-using executorch::aten::ScalarType;
-using executorch::aten::Tensor;
-using executorch::runtime::Error;
-using executorch::runtime::KernelRuntimeContext;
+bool float_and_contiguous(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) {
+    if (t->scalar_type() != ScalarType::Float || !tensor_is_contiguous(*t)) return false;
+  }
+  return true;
+}
+
+// out gets the input's shape with the last dimension replaced by `last`.
+Error resize_last_dim(const Tensor& input, int64_t last, Tensor& out) {
+  std::vector<SizesType> sizes(input.sizes().begin(), input.sizes().end());
+  sizes.back() = static_cast<SizesType>(last);
+  return executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()});
+}
+
+#define GLASS_CHECK(cond, ...) ET_KERNEL_CHECK_MSG(ctx, cond, InvalidArgument, out, __VA_ARGS__)
 
 Tensor& gather_ffn_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w_gate_up, const Tensor& w_down_t,
                        const Tensor& idx, int64_t activation, Tensor& out) {
-  ET_KERNEL_CHECK_MSG(ctx, x.scalar_type() == ScalarType::Float && w_gate_up.scalar_type() == ScalarType::Float &&
-                               w_down_t.scalar_type() == ScalarType::Float && out.scalar_type() == ScalarType::Float,
-                      InvalidArgument, out, "glass::gather_ffn: x, weights and out must be float32");
-  ET_KERNEL_CHECK_MSG(ctx, idx.scalar_type() == ScalarType::Long, InvalidArgument, out,
-                      "glass::gather_ffn: idx must be int64");
-  ET_KERNEL_CHECK_MSG(ctx, glass::valid_activation(activation), InvalidArgument, out,
-                      "glass::gather_ffn: activation must be 0 (silu) or 1 (gelu_tanh), got %lld",
-                      static_cast<long long>(activation));
-  ET_KERNEL_CHECK_MSG(ctx, w_gate_up.dim() == 3 && w_gate_up.size(1) == 2 && w_down_t.dim() == 2 && idx.dim() == 1 &&
-                               x.dim() >= 1,
-                      InvalidArgument, out,
-                      "glass::gather_ffn: expected w_gate_up [m, 2, d], w_down_t [m, d], idx [k], x [..., d]");
-  const int64_t m = w_gate_up.size(0), d = w_gate_up.size(2), k = idx.size(0);
-  ET_KERNEL_CHECK_MSG(ctx, w_down_t.size(0) == m && w_down_t.size(1) == d && x.size(x.dim() - 1) == d,
-                      InvalidArgument, out, "glass::gather_ffn: x, w_gate_up and w_down_t disagree on m or d");
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::tensor_is_contiguous(x) &&
-                               executorch::runtime::tensor_is_contiguous(w_gate_up) &&
-                               executorch::runtime::tensor_is_contiguous(w_down_t) &&
-                               executorch::runtime::tensor_is_contiguous(idx),
-                      InvalidArgument, out, "glass::gather_ffn: inputs must be contiguous");
-  ET_KERNEL_CHECK_MSG(ctx, executorch::runtime::resize_tensor(out, x.sizes()) == Error::Ok, InvalidArgument, out,
-                      "glass::gather_ffn: cannot resize out to the shape of x");
+  GLASS_CHECK(float_and_contiguous({&x, &w_gate_up, &w_down_t, &out}),
+              "glass::gather_ffn: x, weights and out must be contiguous float32");
+  GLASS_CHECK(idx.scalar_type() == ScalarType::Long && idx.dim() == 1 && tensor_is_contiguous(idx),
+              "glass::gather_ffn: idx must be a contiguous int64 [k]");
+  GLASS_CHECK(glass::valid_activation(activation), "glass::gather_ffn: activation must be 0 (silu) or 1 (gelu_tanh)");
+  GLASS_CHECK(w_gate_up.dim() == 3 && w_gate_up.size(1) == 2 && w_down_t.dim() == 2 && x.dim() >= 1,
+              "glass::gather_ffn: expected w_gate_up [m, 2, d], w_down_t [m, d], x [..., d]");
+  const int64_t m = w_gate_up.size(0), d = w_gate_up.size(2), k = idx.size(0), tokens = x.numel() / d;
+  GLASS_CHECK(w_down_t.size(0) == m && w_down_t.size(1) == d && x.size(x.dim() - 1) == d,
+              "glass::gather_ffn: x, w_gate_up and w_down_t disagree on m or d");
+  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "glass::gather_ffn: cannot resize out");
   const int64_t* indices = idx.const_data_ptr<int64_t>();
   const std::string bad = glass::check_indices(indices, k, m);
-  ET_KERNEL_CHECK_MSG(ctx, bad.empty(), InvalidArgument, out, "%s", bad.c_str());
-  glass::gather_ffn_f32(x.const_data_ptr<float>(), x.numel() / d, d, w_gate_up.const_data_ptr<float>(),
+  GLASS_CHECK(bad.empty(), "%s", bad.c_str());
+  glass::gather_ffn_f32(x.const_data_ptr<float>(), tokens, d, w_gate_up.const_data_ptr<float>(),
                         w_down_t.const_data_ptr<float>(), indices, k, static_cast<glass::Activation>(activation),
-                        out.mutable_data_ptr<float>(), glass::task_count(k, kMaxTasks), ExecuTorchFor{});
+                        out.mutable_data_ptr<float>(), glass::task_count_for(k, kMaxTasks, tokens * d),
+                        ExecuTorchFor{});
   return out;
 }
+
+Tensor& ffn_up_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& w_gate_up, int64_t activation,
+                   Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &w_gate_up, &out}), "glass::ffn_up: x, w_gate_up and out must be contiguous float32");
+  GLASS_CHECK(glass::valid_activation(activation), "glass::ffn_up: activation must be 0 (silu) or 1 (gelu_tanh)");
+  GLASS_CHECK(w_gate_up.dim() == 3 && w_gate_up.size(1) == 2 && x.dim() >= 1 && x.size(x.dim() - 1) == w_gate_up.size(2),
+              "glass::ffn_up: expected w_gate_up [m, 2, d] and x [..., d]");
+  const int64_t m = w_gate_up.size(0), d = w_gate_up.size(2);
+  GLASS_CHECK(resize_last_dim(x, m, out) == Error::Ok, "glass::ffn_up: cannot resize out");
+  glass::ffn_up_f32(x.const_data_ptr<float>(), x.numel() / d, d, w_gate_up.const_data_ptr<float>(), m,
+                    static_cast<glass::Activation>(activation), out.mutable_data_ptr<float>(),
+                    glass::task_count_for(m, kMaxTasks, 0), ExecuTorchFor{});
+  return out;
+}
+
+Tensor& ffn_down_out(KernelRuntimeContext& ctx, const Tensor& z, const Tensor& w_down_t, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&z, &w_down_t, &out}), "glass::ffn_down: z, w_down_t and out must be contiguous float32");
+  GLASS_CHECK(w_down_t.dim() == 2 && z.dim() >= 1 && z.size(z.dim() - 1) == w_down_t.size(0),
+              "glass::ffn_down: expected w_down_t [m, d] and z [..., m]");
+  const int64_t m = w_down_t.size(0), d = w_down_t.size(1), tokens = z.numel() / m;
+  GLASS_CHECK(resize_last_dim(z, d, out) == Error::Ok, "glass::ffn_down: cannot resize out");
+  glass::ffn_down_f32(z.const_data_ptr<float>(), tokens, m, w_down_t.const_data_ptr<float>(), d,
+                      out.mutable_data_ptr<float>(), glass::task_count_for(m, kMaxTasks, tokens * d), ExecuTorchFor{});
+  return out;
+}
+
+#undef GLASS_CHECK
 
 }  // namespace glass_et
 
 EXECUTORCH_LIBRARY(glass, "gather_ffn.out", glass_et::gather_ffn_out);
+EXECUTORCH_LIBRARY(glass, "ffn_up.out", glass_et::ffn_up_out);
+EXECUTORCH_LIBRARY(glass, "ffn_down.out", glass_et::ffn_down_out);

@@ -90,50 +90,96 @@ struct OpenMPFor {
 };
 #endif
 
-// How many independent tasks (each with its own output buffer) to split k neurons into:
-// at least 16 neurons per task, at most max_tasks.
-inline int64_t task_count(int64_t k, int64_t max_tasks) {
-  return std::max<int64_t>(1, std::min<int64_t>(max_tasks, k / 16));
+// Splits neurons [0, k) into n_tasks contiguous ranges and runs body(task, begin, end) on the pool.
+template <typename ParallelFor, typename Body>
+void for_each_task(int64_t k, int64_t n_tasks, const ParallelFor& parallel_for, const Body& body) {
+  parallel_for(n_tasks, [&](int64_t task_begin, int64_t task_end) {
+    for (int64_t task = task_begin; task < task_end; ++task) body(task, k * task / n_tasks, k * (task + 1) / n_tasks);
+  });
 }
 
-// x: [n_tokens, d]; y: [n_tokens, d] (overwritten). Indices must have been checked.
-// parallel_for(n, f) must call f(begin, end) on disjoint ranges covering [0, n); the
-// runtime's own thread pool goes here so the kernel shares threads with the rest of the graph.
+// Sums the n_tasks partial buffers of `size` floats into out.
+inline void reduce_partials(const std::vector<float>& partial, int64_t n_tasks, int64_t size, float* out) {
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = 0.0f;
+    for (int64_t task = 0; task < n_tasks; ++task) sum += partial[task * size + i];
+    out[i] = sum;
+  }
+}
+
+// Kept neurons are scattered: hardware prefetchers stop at each jump, so ask for the rows of
+// the neuron two steps ahead explicitly (one prefetch per 64-byte line).
+inline void prefetch_rows(const float* row, int64_t count) {
+  for (int64_t i = 0; i < count; i += 16) __builtin_prefetch(row + i);
+}
+
+// gather_ffn: x [n_tokens, d] -> y [n_tokens, d] (overwritten) over the k neurons idx.
+// Indices must have been checked. parallel_for(n, f) must call f(begin, end) on disjoint
+// ranges covering [0, n); the runtime's own thread pool goes here so the kernel shares
+// threads with the rest of the graph.
 template <typename ParallelFor>
 void gather_ffn_f32(const float* x, int64_t n_tokens, int64_t d, const float* w_gate_up, const float* w_down_t,
                     const int64_t* idx, int64_t k, Activation act, float* y, int64_t n_tasks,
                     const ParallelFor& parallel_for) {
   const int64_t out_size = n_tokens * d;
   std::vector<float> partial(static_cast<size_t>(n_tasks * out_size), 0.0f);
-  parallel_for(n_tasks, [&](int64_t task_begin, int64_t task_end) {
-    for (int64_t task = task_begin; task < task_end; ++task) {
-      float* acc = partial.data() + task * out_size;
-      const int64_t begin = k * task / n_tasks, end = k * (task + 1) / n_tasks;
-      for (int64_t j = begin; j < end; ++j) {
-        const float* gate = w_gate_up + idx[j] * 2 * d;
-        const float* up = gate + d;
-        const float* down = w_down_t + idx[j] * d;
-        // Kept neurons are scattered: hardware prefetchers stop at each jump, so ask for the
-        // neuron two steps ahead explicitly (one prefetch per 64-byte line).
-        const int64_t ahead = j + 2 < end ? idx[j + 2] : idx[end - 1];
-        const float* ahead_gu = w_gate_up + ahead * 2 * d;
-        const float* ahead_down = w_down_t + ahead * d;
-        for (int64_t i = 0; i < 2 * d; i += 16) __builtin_prefetch(ahead_gu + i);
-        for (int64_t i = 0; i < d; i += 16) __builtin_prefetch(ahead_down + i);
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          const float* xt = x + t * d;
-          float g, u;
-          dot2(xt, gate, up, d, &g, &u);
-          axpy(activate(act, g) * u, down, acc + t * d, d);
-        }
+  for_each_task(k, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+    float* acc = partial.data() + task * out_size;
+    for (int64_t j = begin; j < end; ++j) {
+      const float* gate = w_gate_up + idx[j] * 2 * d;
+      const float* up = gate + d;
+      const float* down = w_down_t + idx[j] * d;
+      const int64_t ahead = j + 2 < end ? idx[j + 2] : idx[end - 1];
+      prefetch_rows(w_gate_up + ahead * 2 * d, 2 * d);
+      prefetch_rows(w_down_t + ahead * d, d);
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * d;
+        float g, u;
+        dot2(xt, gate, up, d, &g, &u);
+        axpy(activate(act, g) * u, down, acc + t * d, d);
       }
     }
   });
-  for (int64_t i = 0; i < out_size; ++i) {
-    float sum = 0.0f;
-    for (int64_t task = 0; task < n_tasks; ++task) sum += partial[task * out_size + i];
-    y[i] = sum;
-  }
+  reduce_partials(partial, n_tasks, out_size, y);
+}
+
+// ffn_up: z[t, i] = act(x_t . gate_i) * (x_t . up_i) for every neuron, z [n_tokens, m].
+// The dense prefill's first half; it reads the same w_gate_up as gather_ffn.
+template <typename ParallelFor>
+void ffn_up_f32(const float* x, int64_t n_tokens, int64_t d, const float* w_gate_up, int64_t m, Activation act,
+                float* z, int64_t n_tasks, const ParallelFor& parallel_for) {
+  for_each_task(m, n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* gate = w_gate_up + i * 2 * d;
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        float g, u;
+        dot2(x + t * d, gate, gate + d, d, &g, &u);
+        z[t * m + i] = activate(act, g) * u;
+      }
+    }
+  });
+}
+
+// ffn_down: y [n_tokens, d] = z [n_tokens, m] . w_down_t [m, d] (y overwritten).
+template <typename ParallelFor>
+void ffn_down_f32(const float* z, int64_t n_tokens, int64_t m, const float* w_down_t, int64_t d, float* y,
+                  int64_t n_tasks, const ParallelFor& parallel_for) {
+  const int64_t out_size = n_tokens * d;
+  std::vector<float> partial(static_cast<size_t>(n_tasks * out_size), 0.0f);
+  for_each_task(m, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+    float* acc = partial.data() + task * out_size;
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t t = 0; t < n_tokens; ++t) axpy(z[t * m + i], w_down_t + i * d, acc + t * d, d);
+    }
+  });
+  reduce_partials(partial, n_tasks, out_size, y);
+}
+
+// Tasks for a call whose per-task buffers hold `per_task_floats`: at most max_tasks, at least
+// 16 neurons each, and no more than 64 MiB of buffers in all.
+inline int64_t task_count_for(int64_t neurons, int64_t max_tasks, int64_t per_task_floats) {
+  const int64_t memory_cap = std::max<int64_t>(1, (int64_t(16) << 20) / std::max<int64_t>(1, per_task_floats));
+  return std::max<int64_t>(1, std::min<int64_t>({max_tasks, neurons / 16, memory_cap}));
 }
 
 }  // namespace glass

@@ -69,6 +69,28 @@ int main(int argc, char** argv) {
       wrong[rng() % k] = bad;
       if (glass::check_indices(wrong.data(), k, m).empty()) ok = false;
     }
+    // Dense prefill halves: ffn_up then ffn_down equal gather_ffn over all neurons in order.
+    std::vector<int64_t> all(m);
+    for (int64_t i = 0; i < m; ++i) all[i] = i;
+    std::vector<float> z(tokens * m), y_dense(tokens * d), y_all(tokens * d);
+    glass::ffn_up_f32(x.data(), tokens, d, gu.data(), m, act, z.data(), tasks, glass::OpenMPFor{});
+    glass::ffn_down_f32(z.data(), tokens, m, dt.data(), d, y_dense.data(), tasks, glass::OpenMPFor{});
+    glass::gather_ffn_f32(x.data(), tokens, d, gu.data(), dt.data(), all.data(), m, act, y_all.data(), 1,
+                          glass::SerialFor{});
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t i = 0; i < m; ++i) {
+        double g = 0.0, u = 0.0;
+        for (int64_t e = 0; e < d; ++e) {
+          g += double(x[t * d + e]) * gu[i * 2 * d + e];
+          u += double(x[t * d + e]) * gu[i * 2 * d + d + e];
+        }
+        const double want = reference_act(act, g) * u;
+        if (std::fabs(want - z[t * m + i]) > 1e-3 * (1.0 + std::fabs(want))) ok = false;
+      }
+    }
+    for (int64_t i = 0; i < tokens * d; ++i) {
+      if (std::fabs(y_dense[i] - y_all[i]) > 1e-3f * (1.0f + std::fabs(y_all[i]))) ok = false;
+    }
     if (ok) {
       ++passed;
     } else {

@@ -1,0 +1,125 @@
+"""ExecuTorch export: one model.pte with `prefill` and `decode` methods over a shared KV cache.
+
+- The KV cache is a static mutable buffer per layer ([1, kv_heads, max_seq_len, head_dim]),
+  shared by both methods (MemoryPlanningPass(share_mutable_buffers=True)), so decode reads
+  what prefill wrote.
+- The FFN weights are stored neuron-contiguous and read by custom ops in both methods
+  (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); XNNPACK takes
+  the rest (attention projections, norms, lm_head), and identical weights are stored once.
+- Static shapes where possible: k is fixed, decode is fully static, prefill takes
+  1 <= T <= max_seq_len tokens (an upper-bounded dynamic dimension).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models import model_info
+from ..selection import SelectionConfig, ranks
+from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model
+from .manifest import PRIORS_NAME
+from .onnx_export import Step, kv_layout
+
+PTE_FILE = "model.pte"
+EXECUTORCH_KERNEL_LIBRARY = "libglass_et_ops.so"
+
+
+def export_executorch(model, config: SelectionConfig, priors, out: Path, max_seq_len: int, step: Step) -> dict:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
+
+    info = model_info(model)
+    m, num_layers = info.intermediate_size, info.num_layers
+    global_rank = ranks(priors.tensor(config.prior_name)) if config.prior_name else None
+    k = config.keep_count(m)
+    kv = kv_layout(model)
+
+    step("preparing graphs")
+    graph_lm, context = graph_model(model, dense_ops=True)
+    static_kv = StaticKV(model.config, max_seq_len, kv["num_kv_heads"], kv["head_dim"])
+    prefill = PrefillGraph(graph_lm, context, config, global_rank, m, kv=static_kv).eval()
+    decode = DecodeGraph(graph_lm, context, sparse=config.method != "dense", kv=static_kv).eval()
+    example_ids = torch.tensor([[1, 2, 3, 4, 5]]) % model.config.vocab_size
+    with torch.no_grad():
+        _, _, example_indices = prefill(example_ids)
+
+    step("exporting prefill graph")
+    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
+    with torch.no_grad():
+        prefill_ep = torch.export.export(prefill, (example_ids,), dynamic_shapes=({1: seq},), strict=False)
+    step("exporting decode graph")
+    position = torch.tensor([[example_ids.shape[1]]])
+    with torch.no_grad():
+        decode_ep = torch.export.export(decode, (example_ids[:, :1], position, example_indices), strict=False)
+
+    step("lowering to XNNPACK")
+    constant_methods = {
+        "get_max_seq_len": max_seq_len,
+        "get_vocab_size": model.config.vocab_size,
+        "get_n_layers": num_layers,
+        "get_k": k,
+        "get_m": m,
+        "get_sparse_decode": config.method != "dense",
+    }
+    edge = to_edge_transform_and_lower(
+        {"prefill": prefill_ep, "decode": decode_ep},
+        partitioner=[XnnpackPartitioner()],
+        constant_methods=constant_methods,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+    )
+    program = edge.to_executorch(
+        ExecutorchBackendConfig(
+            memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
+            emit_mutable_buffer_names=True,
+        )
+    )
+    step("writing program")
+    (out / PTE_FILE).write_bytes(program.buffer)
+    if priors is not None:
+        priors.save(out / PRIORS_NAME)
+
+    weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+    graphs = {
+        "prefill": {
+            "method": "prefill",
+            "inputs": {"input_ids": f"int64 [1, T], 1 <= T <= {max_seq_len}"},
+            "outputs": {
+                "logits": "float32 [1, T, vocab]",
+                "glass_local_scores": f"float32 [{num_layers}, {m}]",
+                "glass_indices": f"int64 [{num_layers}, {k}], ascending per layer",
+            },
+            "state": "writes the KV cache buffers (positions 0..T-1)",
+        },
+        "decode": {
+            "method": "decode",
+            "inputs": {
+                "input_ids": "int64 [1, 1]",
+                "position_ids": "int64 [1, 1] (= tokens already in the cache)",
+                "glass_indices": f"int64 [{num_layers}, {k}] from prefill"
+                + ("" if config.method != "dense" else " (unused by the dense FFN)"),
+            },
+            "outputs": {"logits": "float32 [1, 1, vocab]"},
+            "state": "reads the KV cache, writes position position_ids",
+        },
+    }
+    return dict(
+        target="executorch", info=info, config=config, k=k, max_seq_len=max_seq_len,
+        kv={**kv, "storage": "mutable buffers shared by both methods"}, graphs=graphs, files={"program": PTE_FILE},
+        priors=None if priors is None else {"file": PRIORS_NAME, "tokens": priors.tokens, "corpus": priors.corpus},
+        extra={
+            "executorch": {
+                "backend": "XNNPACK (CPU), fp32",
+                "custom_ops": ["glass::gather_ffn.out", "glass::ffn_up.out", "glass::ffn_down.out"],
+                "kernel_library": EXECUTORCH_KERNEL_LIBRARY,
+                "constant_methods": sorted(constant_methods),
+                "pte_bytes": len(program.buffer),
+                "model_weight_bytes": weight_bytes,
+                "quantization": "none: the gather kernel is fp32 only (int8/int4 weights not implemented yet)",
+                "npu_prompt_buckets": "decode is static; prefill would need fixed-length buckets for NPUs "
+                "(e.g. T in 32/64/128/256 with padding and an attention mask)",
+            }
+        },
+    )

@@ -1,0 +1,112 @@
+"""ExecuTorch export: one .pte with prefill and decode methods, verified against eager PyTorch.
+
+Tolerances: fp32 logits within 1e-4 absolute (XNNPACK fp32 kernels measured within 1e-5 here),
+identical kept-index sets, identical greedy tokens for 32 steps.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from glass_export.cli import main
+from glass_export.eager import GlassModel
+from glass_export.errors import GlassExportError
+from glass_export.example import FAMILIES, build_model
+from glass_export.export import export_artifact
+from glass_export.models import load_model
+from glass_export.prompts import builtin_prompts
+from glass_export.runtime import open_artifact
+from glass_export.selection import SelectionConfig
+from glass_export.verify import verify_artifact
+from glass_ops import native
+
+from test_onnx_export import save_family
+
+ATOL = 1e-4
+STEPS = 32
+
+
+@pytest.fixture(scope="module")
+def untied_dir(tmp_path_factory, tokenizer):
+    root = tmp_path_factory.mktemp("untied")
+    model = build_model("llama", seed=3, vocab_size=len(tokenizer), tie_word_embeddings=False)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def untied_artifact(untied_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("et") / "griffin"
+    export_artifact(untied_dir / "model", None, SelectionConfig("griffin", 0.5), "executorch", out, max_seq_len=64)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
+    root = save_family(tmp_path_factory, tokenizer, family)
+    out = root / "pte"
+    method = {"gemma": "a-glass", "qwen3": "static-a"}.get(family, "i-glass")
+    config = SelectionConfig(method, 0.5, 0.6 if method.endswith("glass") else None)
+    manifest = export_artifact(root / "model", root / "priors.safetensors", config, "executorch", out, max_seq_len=64)
+    assert manifest["target"] == "executorch" and (out / "model.pte").is_file()
+    report = verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, ATOL)
+    for row in report["prompts"]:
+        assert row["prefill_max_abs_diff"] <= ATOL and max(row["step_max_abs_diff"]) <= ATOL, row
+        assert row["indices_identical"] and row["first_token_mismatch"] is None and row["tokens_compared"] == STEPS, row
+
+
+def test_decode_reads_the_cache_prefill_wrote(untied_artifact, untied_dir):
+    backend = open_artifact(untied_artifact)
+    eager = GlassModel(load_model(untied_dir / "model"), SelectionConfig("griffin", 0.5))
+    results = {}
+    for name, prompt in (("a", [1, 40, 71, 100, 5]), ("b", [1, 300, 12, 77, 150])):
+        pre = backend.prefill(prompt)
+        logits, _ = backend.decode(17, len(prompt), pre.indices, None)  # same token, same position
+        want_logits, cache, _, indices = eager.prefill(torch.tensor([prompt]))
+        with torch.no_grad(), eager.sparse(indices):
+            want = eager.model(input_ids=torch.tensor([[17]]), cache=cache, use_cache=True).logits[0, -1]
+        np.testing.assert_allclose(logits, want.numpy(), atol=ATOL, rtol=0)
+        results[name] = logits
+    # Only the cache differs between the two decode calls: decode must have read it.
+    assert np.abs(results["a"] - results["b"]).max() > 1e-3
+
+
+def test_pte_holds_the_weights_once(untied_artifact, untied_dir):
+    manifest = json.loads((untied_artifact / "glass.json").read_text())["executorch"]
+    model = load_model(untied_dir / "model")
+    ffn_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".mlp." in n)
+    pte = (untied_artifact / "model.pte").stat().st_size
+    assert pte == manifest["pte_bytes"]
+    assert manifest["model_weight_bytes"] <= pte
+    # The FFN weights are read by prefill (ffn_up/ffn_down) and decode (gather_ffn): a second copy
+    # would add ffn_bytes; what is over the weights is the program itself (~115 KB here).
+    assert pte - manifest["model_weight_bytes"] < 0.5 * ffn_bytes, (pte, manifest["model_weight_bytes"], ffn_bytes)
+
+
+def test_dense_twin_and_cli(untied_dir, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "dense"
+    args = ["export", "--model", str(untied_dir / "model"), "--dense", "--target", "executorch",
+            "--max-seq-len", "48", "--out", str(out)]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "model.pte" in result.output
+    result = runner.invoke(main, ["run", "--artifact", str(out), "--prompt", "Hello there", "--max-new-tokens", "6"])
+    assert result.exit_code == 0 and "executorch" in result.output and "tokens/s" in result.output, result.output
+    result = runner.invoke(main, ["verify", "--artifact", str(out), "--model", str(untied_dir / "model"), "--json",
+                                  "--steps", "8"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output[result.output.index("{"):])["passed"]
+    result = runner.invoke(main, ["run", "--artifact", str(out), "--prompt", "word " * 60, "--max-new-tokens", "2"])
+    assert result.exit_code == 1 and "more than the exported maximum of 48" in result.output
+
+
+def test_missing_kernel_library_says_how_to_build(untied_artifact, monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "search_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(native, "_loaded", {})
+    with pytest.raises(GlassExportError, match="(?s)needs the glass kernels.*runtime_ops/build.sh"):
+        open_artifact(untied_artifact)
