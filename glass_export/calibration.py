@@ -16,6 +16,7 @@ import torch
 
 from .eager import record_ffn_activations
 from .errors import GlassExportError
+from .io_utils import JSONL_SUFFIXES, jsonl_records
 from .models import ffn_layers, model_info
 from .priors import Priors
 
@@ -43,7 +44,7 @@ class CorpusSource:
         for path in self.files:
             if not path.is_file():
                 raise GlassExportError(f"corpus file {path} does not exist", "pass existing text or JSONL files to --data")
-            if path.suffix.lower() in (".jsonl", ".ndjson"):
+            if path.suffix.lower() in JSONL_SUFFIXES:
                 yield from self._jsonl_documents(path)
             else:
                 # Plain text: paragraphs (blank-line separated) are documents.
@@ -53,24 +54,16 @@ class CorpusSource:
                         yield paragraph.strip()
 
     def _jsonl_documents(self, path: Path) -> Iterator[str]:
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc
-                if not isinstance(record, dict) or self.text_field not in record:
-                    raise GlassExportError(
-                        f"{path}:{line_no} has no field {self.text_field!r}",
-                        "name the text field with --text-field",
-                    )
-                text = record[self.text_field]
-                if not isinstance(text, str):
-                    raise GlassExportError(f"{path}:{line_no} field {self.text_field!r} is not a string")
-                if text.strip():
-                    yield text
+        for line_no, record in jsonl_records(path):
+            if not isinstance(record, dict) or self.text_field not in record:
+                raise GlassExportError(
+                    f"{path}:{line_no} has no field {self.text_field!r}", "name the text field with --text-field"
+                )
+            text = record[self.text_field]
+            if not isinstance(text, str):
+                raise GlassExportError(f"{path}:{line_no} field {self.text_field!r} is not a string")
+            if text.strip():
+                yield text
 
 
 def token_sequences(documents: Iterable[str], tokenizer, seq_len: int, max_tokens: int) -> list[list[int]]:

@@ -170,16 +170,7 @@ def plot(results: list[RunResult], out_dir) -> list[str]:
         dense = [r for r in results if r.method == "dense"]
         if dense and metric == "perplexity":
             ax.axhline(dense[0].perplexity, color="black", linestyle="--", linewidth=1, label="dense")
-        ax.set_xlabel("density ρ (fraction of FFN neurons kept)")
-        ax.set_ylabel(label)
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"{metric}_vs_density.png"
-        fig.savefig(out_dir / name, dpi=120)
-        plt.close(fig)
-        files.append(name)
+        files.append(_save(fig, ax, "density ρ (fraction of FFN neurons kept)", label, out_dir / f"{metric}_vs_density.png"))
         glass = [r for r in results if r.lam is not None]
         if len({r.lam for r in glass}) > 1:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -188,14 +179,19 @@ def plot(results: list[RunResult], out_dir) -> list[str]:
                     pts = sorted((r.lam, getattr(r, metric)) for r in glass if r.method == method and r.density == density)
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} ρ={density:g}")
-            ax.set_xlabel("λ (weight of the prompt's ranking)")
-            ax.set_ylabel(label)
-            ax.set_yscale("log")
-            ax.legend(fontsize=7)
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            name = f"{metric}_vs_lambda.png"
-            fig.savefig(out_dir / name, dpi=120)
-            plt.close(fig)
-            files.append(name)
+            files.append(_save(fig, ax, "λ (weight of the prompt's ranking)", label, out_dir / f"{metric}_vs_lambda.png"))
     return files
+
+
+def _save(fig, ax, xlabel: str, ylabel: str, path) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name

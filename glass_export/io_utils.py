@@ -9,6 +9,25 @@ import tempfile
 from pathlib import Path
 
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def jsonl_records(path: Path):
+    """Yield (line number, parsed JSON value) for each non-blank line; a bad line is a clear error."""
+    import json
+
+    from .errors import GlassExportError
+
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield line_no, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path):
     """Yield a temporary file path beside `path`; rename it over `path` only on success."""

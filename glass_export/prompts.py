@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
 from .errors import GlassExportError
+from .io_utils import JSONL_SUFFIXES, jsonl_records
 
 
 def builtin_prompts() -> list[str]:
@@ -22,21 +22,14 @@ def read_prompts(path: str | Path | None) -> list[str]:
     if not path.is_file():
         raise GlassExportError(f"prompts file {path} does not exist", "pass a text file (one prompt a line) or JSONL")
     prompts = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for line_no, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        for line_no, record in jsonl_records(path):
             text = record.get("prompt", record.get("instruction")) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise GlassExportError(f"{path}:{line_no} has no string field 'prompt' or 'instruction'")
             prompts.append(text)
     else:
-        prompts = [line for line in lines if line.strip()]
+        prompts = path.read_text(encoding="utf-8").splitlines()
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
         raise GlassExportError(f"prompts file {path} holds no prompt", "write one prompt a line")
