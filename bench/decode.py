@@ -83,6 +83,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -140,7 +144,8 @@ def plot(rows: list[dict], path: Path, density: float) -> None:
     ax.set_xticks(x, [f"{r['runtime']}\n({r['op'][:24]})" for r in rows], fontsize=8)
     ax.set_ylabel("decode speed-up vs dense twin")
     ax.set_title(f"GLASS decode at ρ = {density:g}")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.3 * max(max(r["speedup"], r["ideal"]) for r in rows))
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
