@@ -1,0 +1,115 @@
+package dev.glassexport.core;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.google.gson.JsonArray;
+import com.google.gson.JsonElement;
+import com.google.gson.JsonObject;
+import com.google.gson.JsonParser;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+/**
+ * The JVM engine against golden data the Python side wrote (tests/test_android_golden.py) for the
+ * same ONNX artifact: token ids, kept indices, first logits (within 1e-4), greedy tokens, text.
+ */
+class GoldenTest {
+  static Path golden;
+  static JsonObject data;
+
+  @BeforeAll
+  static void load() throws Exception {
+    golden = Path.of(System.getProperty("glass.golden", "../build/golden"));
+    Path file = golden.resolve("golden.json");
+    assertTrue(Files.isRegularFile(file), file + " missing: run the Python tests first (bash scripts/test.sh)");
+    data = JsonParser.parseString(Files.readString(file)).getAsJsonObject();
+  }
+
+  static long[] longs(JsonArray array) {
+    long[] out = new long[array.size()];
+    for (int i = 0; i < out.length; i++) out[i] = array.get(i).getAsLong();
+    return out;
+  }
+
+  @Test
+  void tokenizerMatchesPython() {
+    Manifest manifest = Manifest.load(golden.resolve("artifact"));
+    BpeTokenizer tokenizer = new BpeTokenizer(golden.resolve("artifact/tokenizer.json"));
+    for (JsonElement e : data.getAsJsonArray("records")) {
+      JsonObject record = e.getAsJsonObject();
+      long[] ids = tokenizer.encode(record.get("prompt").getAsString(), manifest.addBos ? manifest.bosTokenId : null);
+      assertArrayEquals(longs(record.getAsJsonArray("ids")), ids, record.get("prompt").getAsString());
+      assertEquals(record.get("text").getAsString(), tokenizer.decode(longs(record.getAsJsonArray("tokens"))));
+    }
+  }
+
+  @Test
+  void onnxBackendReproducesPythonRun() {
+    Manifest manifest = Manifest.load(golden.resolve("artifact"));
+    BpeTokenizer tokenizer = new BpeTokenizer(golden.resolve("artifact/tokenizer.json"));
+    int newTokens = data.get("new_tokens").getAsInt();
+    try (OrtBackend backend = new OrtBackend(manifest, null, 2)) {
+      assertEquals("ONNX function fallback", backend.opImplementation());
+      Generator generator = new Generator(backend, manifest, tokenizer);
+      manifest.eosTokenIds.clear(); // EOS off, as on the Python side: compare every step
+      for (JsonElement e : data.getAsJsonArray("records")) {
+        JsonObject record = e.getAsJsonObject();
+        List<Long> streamed = new ArrayList<>();
+        Generator.Result result =
+            generator.generate(record.get("prompt").getAsString(), newTokens, Sampler.greedy(), (t, text) -> streamed.add(t));
+        assertEquals(result.tokens, streamed);
+        long[] tokens = result.tokens.stream().mapToLong(Long::longValue).toArray();
+        assertArrayEquals(longs(record.getAsJsonArray("tokens")), tokens);
+        JsonArray indices = record.getAsJsonArray("indices");
+        assertEquals(indices.size(), result.indices.length);
+        for (int layer = 0; layer < indices.size(); layer++) {
+          assertArrayEquals(longs(indices.get(layer).getAsJsonArray()), result.indices[layer]);
+        }
+        JsonArray logits = record.getAsJsonArray("first_logits");
+        for (int i = 0; i < logits.size(); i++) {
+          assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
+        }
+        assertEquals(record.get("text").getAsString(), result.text);
+        assertTrue(result.prefillMs > 0 && result.decodeTokensPerSecond() > 0);
+      }
+    }
+  }
+
+  @Test
+  void samplerIsSeededAndTopKOneIsGreedy() {
+    float[] logits = {0.1f, 2.0f, -1.0f, 1.9f, 0.5f};
+    assertEquals(1, Sampler.greedy().next(logits));
+    assertEquals(1, Sampler.sampling(1.0f, 1, 1.0f, 7).next(logits));
+    Sampler a = Sampler.sampling(1.0f, 0, 0.9f, 42), b = Sampler.sampling(1.0f, 0, 0.9f, 42);
+    for (int i = 0; i < 50; i++) assertEquals(a.next(logits), b.next(logits));
+    Sampler wide = Sampler.sampling(5.0f, 0, 1.0f, 3);
+    boolean sawOther = false;
+    for (int i = 0; i < 200; i++) sawOther |= wide.next(logits) != 1;
+    assertTrue(sawOther, "a high temperature must sometimes leave the argmax");
+  }
+
+  @Test
+  void badArtifactsGetClearMessages() throws Exception {
+    Path copy = Files.createTempDirectory("artifact");
+    for (Path p : Files.list(golden.resolve("artifact")).toList()) Files.copy(p, copy.resolve(p.getFileName()));
+    Files.delete(copy.resolve("decode.onnx"));
+    GlassException missing = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
+    assertTrue(missing.getMessage().contains("missing decode.onnx"), missing.getMessage());
+    String json = Files.readString(golden.resolve("artifact/glass.json")).replace("\"format_version\": 1", "\"format_version\": 9");
+    Files.writeString(copy.resolve("glass.json"), json);
+    GlassException version = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
+    assertTrue(version.getMessage().contains("manifest version 9"), version.getMessage());
+    GlassException none = org.junit.jupiter.api.Assertions.assertThrows(
+        GlassException.class, () -> Manifest.load(copy.resolve("nope")));
+    assertTrue(none.getMessage().contains("does not exist"));
+    GlassException empty = org.junit.jupiter.api.Assertions.assertThrows(
+        GlassException.class, () -> new Generator(null, Manifest.load(golden.resolve("artifact")), null).generate(" ", 3, Sampler.greedy(), null));
+    assertTrue(empty.getMessage().contains("prompt is empty"));
+  }
+}
