@@ -331,8 +331,9 @@ def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
                 f"{row['tokens_compared']}/{steps} match" if mismatch is None else f"differ at step {mismatch}",
                 "[green]ok[/]" if row["passed"] else "[red]FAIL[/]",
             )
-        Console().print(table)
-        Console().print(f"{report['target']} artifact, op: {report['op_implementation']}, atol {atol:g}: "
+        console = Console(width=max(Console().width, 110))  # pipes default to 80 columns
+        console.print(table)
+        console.print(f"{report['target']} artifact, op: {report['op_implementation']}, atol {atol:g}: "
                         + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
     if not report["passed"]:
         sys.exit(1)
