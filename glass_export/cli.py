@@ -398,9 +398,7 @@ def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_ne
             return result.tokens, result.step_logits
     else:
         runs = evaluation.plan_runs(methods, densities, lambdas)
-    loaded = load_priors(priors) if priors is not None else None
-    if loaded is not None:
-        loaded.check_matches(info)
+    loaded = load_priors(priors) if priors is not None else None  # evaluate() checks it belongs to the model
     if loaded is None and any(r.prior_name for r in runs) and artifact is None:
         raise GlassExportError("the methods include ones that need global priors", "pass --priors, or drop them from --methods")
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompt_texts]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .errors import GlassExportError
 from .models import FFNLayer, ffn_layers, model_info
 from .priors import Priors
-from .selection import LocalStats, SelectionConfig, select
+from .selection import LocalStats, SelectionConfig, ranks, select_with_ranks
 
 
 @contextlib.contextmanager
@@ -80,7 +80,7 @@ class GlassModel:
         self.num_layers = len(self.ffns)
         self.m = self.ffns[0].gate.shape[0]
         self.k = config.keep_count(self.m)
-        self.prior = None
+        self.global_rank = None  # ranks of the chosen prior, computed once
         if config.prior_name is not None:
             if priors is None:
                 raise GlassExportError(
@@ -89,7 +89,7 @@ class GlassModel:
                 )
             if check_priors:
                 priors.check_matches(model_info(model))
-            self.prior = priors.tensor(config.prior_name)
+            self.global_rank = ranks(priors.tensor(config.prior_name))
 
     @property
     def kept_fraction(self) -> float:
@@ -109,7 +109,7 @@ class GlassModel:
         with recorder:
             out = self.model(input_ids=input_ids, use_cache=True)
         local = stats.scores() if stats is not None else None
-        indices = select(self.config, local, self.prior, self.m, self.num_layers)
+        indices = select_with_ranks(self.config, local, self.global_rank, self.m, self.num_layers)
         return out.logits, out.cache, local, indices
 
     def sparse(self, indices: torch.Tensor):

@@ -23,6 +23,7 @@ import torch
 
 from .eager import GlassModel
 from .errors import GlassExportError
+from .models import model_info
 from .selection import METHODS, SelectionConfig, check_density, lambda_units
 
 GLASS_METHODS = ("a-glass", "i-glass")
@@ -93,8 +94,14 @@ def evaluate(model, priors, prompts_ids: list[list[int]], runs: list[SelectionCo
     """Score every run on every prompt. generate_fn(config, prompt) -> (tokens, step logits) overrides the
     eager sparse model (used to evaluate an exported artifact)."""
 
+    if priors is not None:
+        priors.check_matches(model_info(model))  # once: fingerprinting reads every weight
+    glass_models: dict[SelectionConfig, GlassModel] = {}
+
     def eager_generate(config, prompt):
-        result = GlassModel(model, config, priors).generate(prompt, max_new_tokens, keep_logits=True)
+        if config not in glass_models:
+            glass_models[config] = GlassModel(model, config, priors, check_priors=False)
+        result = glass_models[config].generate(prompt, max_new_tokens, keep_logits=True)
         return result.tokens, result.step_logits
 
     generate_fn = generate_fn or eager_generate

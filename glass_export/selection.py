@@ -212,21 +212,29 @@ def select(config: SelectionConfig, local: torch.Tensor | None, prior: torch.Ten
     local: local scores `[layers, m]` from the prefill (None when unused);
     prior: the chosen global prior `[layers, m]` (None when unused).
     """
+    return select_with_ranks(config, local, None if prior is None else ranks(prior), m, num_layers)
+
+
+def select_with_ranks(config: SelectionConfig, local: torch.Tensor | None, global_rank: torch.Tensor | None, m: int,
+                      num_layers: int, rank_fn=ranks) -> torch.Tensor:
+    """select() given the prior's ranks, computed once per model by the caller.
+
+    rank_fn ranks the local scores: ranks() in eager PyTorch, ranks_by_topk() in exported graphs.
+    """
     k = config.keep_count(m)
     if config.method == "dense":
         return torch.arange(m, dtype=torch.int64).expand(num_layers, m).clone()
     if config.method == "random":
         return random_selection(num_layers, m, k, config.seed)
     lam = lambda_units(config.effective_lambda)
-    if config.prior_name is not None and prior is None:
+    if config.prior_name is not None and global_rank is None:
         raise GlassExportError(
             f"method {config.method} needs global priors",
             "run `glass-export calibrate` and pass its output with --priors",
         )
     if lam > 0 and local is None:
         raise GlassExportError("internal: local scores missing for a prompt-dependent method")
-    global_rank = ranks(prior) if config.prior_name is not None else None
     # With lambda = 0 the global ranks alone are a total order, so the local
     # ranks are not needed and the mask does not depend on the prompt.
-    local_rank = ranks(local) if lam > 0 else torch.zeros(num_layers, m, dtype=torch.int64)
+    local_rank = rank_fn(local) if lam > 0 else torch.zeros(num_layers, m, dtype=torch.int64)
     return fuse_and_select(local_rank, global_rank, lam, k)

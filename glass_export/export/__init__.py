@@ -26,7 +26,8 @@ def export_artifact(
     from ..eager import eos_token_ids
     from ..models import load_model, load_tokenizer, model_info
     from ..priors import load_priors
-    from .onnx_export import export_onnx, finish_manifest
+    from .manifest import finish_manifest
+    from .onnx_export import export_onnx
 
     if target not in TARGETS:
         raise GlassExportError(f"unknown target {target!r}", f"choose one of: {', '.join(TARGETS)}")

@@ -19,8 +19,7 @@ import torch
 from ..models import model_info
 from ..selection import SelectionConfig, ranks
 from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model
-from .manifest import PRIORS_NAME
-from .onnx_export import Step, kv_layout
+from .manifest import PRIORS_NAME, Step, kv_layout
 
 PTE_FILE = "model.pte"
 EXECUTORCH_KERNEL_LIBRARY = "libglass_et_ops.so"

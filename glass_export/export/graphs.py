@@ -23,7 +23,7 @@ import glass_ops  # noqa: F401  (registers torch.ops.glass.gather_ffn)
 from glass_ops import ACTIVATION_CODES, pack_ffn_weights
 
 from ..models import apply_activation, decoder_layers, ffn_layers
-from ..selection import LAMBDA_SCALE, SelectionConfig, fuse_and_select, normalised_square_sum, ranks_by_topk
+from ..selection import SelectionConfig, normalised_square_sum, random_selection, ranks_by_topk, select_with_ranks
 
 
 class FFNContext:
@@ -141,8 +141,7 @@ class PrefillGraph(torch.nn.Module):
         else:
             self.global_rank = None
         if config.method == "random":
-            from ..selection import random_selection
-
+            # a constant of the graph: torch.export cannot trace a seeded randperm
             self.register_buffer("fixed_indices", random_selection(self.num_layers, m, self.k, config.seed))
 
     def forward(self, input_ids):
@@ -161,17 +160,9 @@ class PrefillGraph(torch.nn.Module):
         return (out.logits, local, indices, *flatten_cache(out.cache))
 
     def select(self, local: torch.Tensor) -> torch.Tensor:
-        method = self.config.method
-        if method == "dense":
-            return torch.arange(self.m, dtype=torch.int64).expand(self.num_layers, self.m).clone()
-        if method == "random":
+        if self.config.method == "random":
             return self.fixed_indices.clone()
-        from ..selection import lambda_units
-
-        lam = lambda_units(self.config.effective_lambda)
-        local_rank = ranks_by_topk(local) if lam > 0 else torch.zeros_like(self.global_rank)
-        global_rank = self.global_rank if lam < LAMBDA_SCALE else None
-        return fuse_and_select(local_rank, global_rank, lam, self.k)
+        return select_with_ranks(self.config, local, self.global_rank, self.m, self.num_layers, rank_fn=ranks_by_topk)
 
 
 class DecodeGraph(torch.nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 from .. import __version__
 from ..errors import GlassExportError
@@ -17,6 +18,8 @@ FORMAT = "glass-export-artifact"
 FORMAT_VERSION = 1
 PRIORS_NAME = "priors.safetensors"
 
+Step = Callable[[str], None]  # progress callback: the export step starting now
+
 
 def kv_names(num_layers: int, prefix: str) -> list[str]:
     """ONNX Runtime GenAI's names: past_key_values.N.key / present.N.key ..."""
@@ -24,6 +27,20 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
     for layer in range(num_layers):
         names += [f"{prefix}.{layer}.key", f"{prefix}.{layer}.value"]
     return names
+
+
+def kv_layout(model) -> dict:
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {
+        "num_layers": config.num_hidden_layers,
+        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
+        "head_dim": head_dim,
+        "layout": "[batch=1, kv_heads, seq, head_dim]",
+        "past_names": kv_names(config.num_hidden_layers, "past_key_values"),
+        "present_names": kv_names(config.num_hidden_layers, "present"),
+    }
 
 
 def build_manifest(*, target: str, info, config, k: int, max_seq_len: int, kv: dict, graphs: dict, files: dict,
@@ -82,4 +99,19 @@ def load_manifest(directory: str | Path) -> dict:
     for role, name in manifest.get("files", {}).items():
         if not (directory / name).is_file():
             raise GlassExportError(f"artifact {directory} is missing {name} ({role})", "re-export the artifact")
+    return manifest
+
+
+def finish_manifest(out: Path, parts: dict, tokenizer, eos_ids: set[int]) -> dict:
+    """Copy the tokenizer beside the graphs and write glass.json."""
+    tokenizer.save_pretrained(out)
+    tok_files = sorted(p.name for p in out.iterdir() if p.name.startswith(("tokenizer", "special_tokens")))
+    tok = {
+        "files": tok_files,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_ids": sorted(eos_ids),
+        "add_bos": bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False,
+    }
+    manifest = build_manifest(tokenizer=tok, **parts)
+    write_manifest(out, manifest)
     return manifest

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import torch
@@ -14,7 +13,7 @@ from glass_ops import onnx_ops
 from ..models import model_info
 from ..selection import SelectionConfig, ranks
 from .graphs import DecodeGraph, PrefillGraph, graph_model
-from .manifest import PRIORS_NAME, build_manifest, kv_names, write_manifest
+from .manifest import PRIORS_NAME, Step, kv_layout
 
 PREFILL_FILE = "prefill.onnx"
 DECODE_FILE = "decode.onnx"
@@ -22,23 +21,6 @@ WEIGHTS_FILE = "model.onnx.data"
 INLINE_LIMIT = 1024  # bytes: smaller tensors stay inside the graph file, as onnx.save does
 
 ONNX_RUNTIME_OP_LIBRARY = "libglass_ort_ops.so"
-
-Step = Callable[[str], None]
-
-
-def kv_layout(model) -> dict:
-    config = model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return {
-        "num_layers": config.num_hidden_layers,
-        "num_kv_heads": getattr(config, "num_key_value_heads", None) or heads,
-        "head_dim": head_dim,
-        "layout": "[batch=1, kv_heads, seq, head_dim]",
-        "past_names": kv_names(config.num_hidden_layers, "past_key_values"),
-        "present_names": kv_names(config.num_hidden_layers, "present"),
-    }
-
 
 def _export(module, args, input_names, output_names, dynamic_shapes):
     program = torch.onnx.export(
@@ -180,18 +162,3 @@ def export_onnx(model, config: SelectionConfig, priors, out: Path, max_seq_len: 
             }
         },
     )
-
-
-def finish_manifest(out: Path, parts: dict, tokenizer, eos_ids: set[int]) -> dict:
-    """Copy the tokenizer beside the graphs and write glass.json."""
-    tokenizer.save_pretrained(out)
-    tok_files = sorted(p.name for p in out.iterdir() if p.name.startswith(("tokenizer", "special_tokens")))
-    tok = {
-        "files": tok_files,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_ids": sorted(eos_ids),
-        "add_bos": bool(tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]) if tokenizer.bos_token_id is not None else False,
-    }
-    manifest = build_manifest(tokenizer=tok, **parts)
-    write_manifest(out, manifest)
-    return manifest
