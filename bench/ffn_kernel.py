@@ -4,7 +4,8 @@
 
 For each shape (hidden x intermediate), one token (T = 1), fp32:
   ExecuTorch: dense FFN lowered to XNNPACK  vs  the native glass::gather_ffn.out kernel
-  ONNX Runtime: dense MatMul FFN            vs  the GatherFFN function fallback (stock ORT)
+  ONNX Runtime: dense MatMul FFN            vs  the native glass.GatherFFN kernel
+                                            and the GatherFFN function fallback (stock ORT)
 Ratios are sparse / dense on the same runtime (lower is better). Needs `bash runtime_ops/build.sh`.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -72,7 +74,7 @@ def executorch_method(module, example, path: Path):
     return Runtime.get().load_program(str(path)).load_method("forward")
 
 
-def ort_session(module, example, path: Path, threads: int):
+def ort_session(module, example, path: Path, threads: int, native_library: Path | None = None):
     import onnxruntime as ort
 
     program = torch.onnx.export(module, example, dynamo=True, optimize=True, verbose=False,
@@ -86,10 +88,13 @@ def ort_session(module, example, path: Path, threads: int):
     options.inter_op_num_threads = 1
     # No busy-waiting between runs: on 2 cores a spinning pool steals the other runtime's core.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if native_library is not None:
+        options.register_custom_ops_library(str(native_library))
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def bench_shape(d: int, m: int, densities: list[float], threads: int, repeats: int, workdir: Path) -> list[dict]:
+def bench_shape(d: int, m: int, densities: list[float], threads: int, repeats: int, workdir: Path,
+                ort_library: Path) -> list[dict]:
     gen = torch.Generator().manual_seed(0)
     gate, up = torch.randn(m, d, generator=gen) / d**0.5, torch.randn(m, d, generator=gen) / d**0.5
     down = torch.randn(d, m, generator=gen) / m**0.5
@@ -106,8 +111,10 @@ def bench_shape(d: int, m: int, densities: list[float], threads: int, repeats: i
         want = glass_ops.torch_ops.reference(x, gather_module.w_gate_up, gather_module.w_down_t, idx, 0)
         torch.testing.assert_close(et_sparse.execute([x, idx])[0], want, atol=1e-3, rtol=1e-3)
         sess = ort_session(gather_module, (x, idx), workdir / f"gather{k}.onnx", threads)
+        ort_native = ort_session(gather_module, (x, idx), workdir / f"gather{k}n.onnx", threads, ort_library)
         names = [i.name for i in sess.get_inputs()]
         feeds = {names[0]: x.numpy(), names[1]: idx.numpy()}
+        np.testing.assert_allclose(ort_native.run(None, feeds)[0], want.numpy(), atol=1e-3, rtol=1e-3)
         # Interleave dense and sparse within one runtime; runtimes are measured one after the
         # other, since two runtimes' thread pools on the same cores slow each other down.
         ms = timed_side_by_side(
@@ -116,7 +123,8 @@ def bench_shape(d: int, m: int, densities: list[float], threads: int, repeats: i
             repeats=repeats,
         )
         ms |= timed_side_by_side(
-            {"ort_dense": lambda: ort_dense.run(None, {"x": x.numpy()}), "ort_function": lambda: sess.run(None, feeds)},
+            {"ort_dense": lambda: ort_dense.run(None, {"x": x.numpy()}), "ort_native": lambda: ort_native.run(None, feeds),
+             "ort_function": lambda: sess.run(None, feeds)},
             warmup=5,
             repeats=repeats,
         )
@@ -133,21 +141,22 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
-    lib = native.load_executorch_kernels()
-    print(f"native ExecuTorch kernel: {lib}")
-    print("native ONNX Runtime kernel: not built (no ONNX Runtime C/C++ headers on this machine); "
-          "ORT rows use the GatherFFN function fallback")
+    print(f"native ExecuTorch kernel: {native.load_executorch_kernels()}")
+    ort_library = native.onnxruntime_ops_library()
+    print(f"native ONNX Runtime kernel: {ort_library}")
     densities = [float(v) for v in args.densities.split(",")]
-    header = f"{'shape':>11} {'rho':>5} {'k':>6} | {'ET dense':>9} {'ET glass':>9} {'ratio':>6} | {'ORT dense':>9} {'ORT func':>9} {'ratio':>6}"
+    header = (f"{'shape':>11} {'rho':>5} {'k':>6} | {'ET dense':>9} {'ET glass':>9} {'ratio':>6} | {'ORT dense':>9} "
+              f"{'ORT glass':>9} {'ratio':>6} {'ORT func':>9} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             d, m = (int(v) for v in shape.lower().split("x"))
-            for row in bench_shape(d, m, densities, args.threads, args.repeats, Path(tmp)):
+            for row in bench_shape(d, m, densities, args.threads, args.repeats, Path(tmp), ort_library):
                 print(f"{row['shape']:>11} {row['density']:>5.2f} {row['k']:>6} | "
                       f"{row['et_dense']:>7.3f}ms {row['et_native']:>7.3f}ms {row['et_native'] / row['et_dense']:>6.2f} | "
-                      f"{row['ort_dense']:>7.3f}ms {row['ort_function']:>7.3f}ms {row['ort_function'] / row['ort_dense']:>6.2f}")
+                      f"{row['ort_dense']:>7.3f}ms {row['ort_native']:>7.3f}ms {row['ort_native'] / row['ort_dense']:>6.2f} "
+                      f"{row['ort_function']:>7.3f}ms {row['ort_function'] / row['ort_dense']:>6.2f}")
 
 
 if __name__ == "__main__":

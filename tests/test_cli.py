@@ -23,7 +23,7 @@ def priors_file(example_dir, tmp_path_factory):
 def test_help_lists_the_commands():
     result = run("--help")
     assert result.exit_code == 0
-    for command in ("calibrate", "generate", "inspect", "example"):
+    for command in ("calibrate", "generate", "inspect", "example", "convert-gguf", "export", "verify", "eval"):
         assert command in result.output
 
 
@@ -99,3 +99,16 @@ def test_example_refuses_a_non_empty_directory(tmp_path):
     result = run("example", "--out", tmp_path)
     assert result.exit_code == 1 and "not empty" in result.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_chat_wraps_the_prompt_in_the_tokenizer_template(example_dir, tokenizer):
+    from glass_export.prompts import encode_prompt
+
+    plain = run("generate", "--model", example_dir / "model", "--method", "dense", "--chat", "--prompt", "Hi")
+    assert plain.exit_code == 1 and "no chat template" in plain.output
+
+    templated = tokenizer.__class__.from_pretrained(example_dir / "model")
+    templated.chat_template = "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}{{ '<s>' }}"
+    ids = encode_prompt(templated, "The sea", chat=True)
+    assert ids == templated("<s>The sea</s><s>", add_special_tokens=False)["input_ids"]
+    assert ids != encode_prompt(templated, "The sea")

@@ -107,6 +107,67 @@ def test_onnx_function_fallback_runs_on_stock_onnxruntime(activation):
 
 
 @pytest.fixture(scope="module")
+def onnxruntime_kernel():
+    # The core path: the library must be built (scripts/test.sh builds it); a missing one fails loudly.
+    return native.onnxruntime_ops_library()
+
+
+def native_session(model: onnx.ModelProto, library, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(library))
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("activation", [0, 1])
+def test_onnxruntime_kernel_matches_reference_and_refuses_bad_indices(onnxruntime_kernel, activation):
+    d, m = 40, 56
+    for tokens, k in [(1, 1), (1, m), (2, 23), (1, 2 * m), (3, 300)]:
+        x, gu, dt, idx = random_case(tokens * 100 + k, d=d, m=m, k=k, tokens=tokens)
+        # No function fallback in this model: without the kernel ORT could not even load it.
+        bare = torch.onnx.export(GatherFFN(gu, dt, activation).eval(), (x, idx), dynamo=True, optimize=False,
+                                 custom_translation_table=onnx_ops.translation_table(), verbose=False).model_proto
+        with pytest.raises(Exception, match="GatherFFN"):
+            ort.InferenceSession(bare.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = native_session(bare, onnxruntime_kernel, threads=1 + k % 3)
+        names = [i.name for i in session.get_inputs()]
+        got = session.run(None, {names[0]: x.numpy(), names[1]: idx.numpy()})[0]
+        want = loop_reference(x, gu, dt, idx, activation).reshape(x.shape).numpy()
+        np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+        for bad in (m, -1, 1 << 40):
+            wrong = idx.clone()
+            wrong[k // 2] = bad
+            with pytest.raises(Exception, match="out of range"):
+                session.run(None, {names[0]: x.numpy(), names[1]: wrong.numpy()})
+        # the session still works after refusing
+        np.testing.assert_allclose(session.run(None, {names[0]: x.numpy(), names[1]: idx.numpy()})[0], want,
+                                   atol=ATOL, rtol=RTOL)
+
+
+def test_onnxruntime_kernel_refuses_mismatched_weights(onnxruntime_kernel):
+    """Shapes the exporter would never emit, fed through a hand-made graph: an error status, no crash."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("GatherFFN", ["x", "gu", "dt", "idx"], ["y"], domain="glass", activation=0)
+    graph = helper.make_graph([node], "g", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("gu", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("dt", TensorProto.FLOAT, None),
+        helper.make_tensor_value_info("idx", TensorProto.INT64, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("glass", 1)])
+    session = native_session(model, onnxruntime_kernel)
+    x, gu, dt, idx = random_case(5, d=8, m=10, k=4)
+    feeds = {"x": x.numpy(), "gu": gu.numpy(), "dt": dt.numpy(), "idx": idx.numpy()}
+    np.testing.assert_allclose(session.run(None, feeds)[0], loop_reference(x, gu, dt, idx, 0).reshape(x.shape).numpy(),
+                               atol=ATOL, rtol=RTOL)
+    for key, value, message in (("dt", dt[:, :4].numpy(), "disagree"), ("gu", gu[:, 0].numpy(), "expected"),
+                                ("x", x[..., :5].numpy(), "disagree"), ("idx", idx.reshape(2, 2).numpy(), "expected")):
+        with pytest.raises(Exception, match=message):
+            session.run(None, {**feeds, key: np.ascontiguousarray(value)})
+
+
+@pytest.fixture(scope="module")
 def executorch_kernels():
     # The core path: the library must be built (scripts/test.sh builds it); a missing one fails loudly.
     return native.load_executorch_kernels()
@@ -145,6 +206,8 @@ def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_loaded", {})
     with pytest.raises(native.NativeLibraryMissing, match="runtime_ops/build.sh"):
         native.load_executorch_kernels()
+    with pytest.raises(native.NativeLibraryMissing, match="libglass_ort_ops.so not found"):
+        native.onnxruntime_ops_library()
 
 
 def test_kernel_core_fuzz_under_address_sanitizer():

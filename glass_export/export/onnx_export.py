@@ -8,7 +8,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from glass_ops import onnx_ops
+from glass_ops import native, onnx_ops
 
 from ..models import model_info
 from ..selection import SelectionConfig, ranks
@@ -20,7 +20,6 @@ DECODE_FILE = "decode.onnx"
 WEIGHTS_FILE = "model.onnx.data"
 INLINE_LIMIT = 1024  # bytes: smaller tensors stay inside the graph file, as onnx.save does
 
-ONNX_RUNTIME_OP_LIBRARY = "libglass_ort_ops.so"
 
 def _export(module, args, input_names, output_names, dynamic_shapes):
     program = torch.onnx.export(
@@ -155,7 +154,7 @@ def export_onnx(model, config: SelectionConfig, priors, out: Path, max_seq_len: 
             "onnx": {
                 "opset": opset,
                 "custom_op": {"domain": onnx_ops.DOMAIN, "op_type": onnx_ops.OP_TYPE, "version": onnx_ops.OPSET_VERSION},
-                "native_library": ONNX_RUNTIME_OP_LIBRARY,
+                "native_library": native.ONNX_RUNTIME_LIB,
                 "fallback": "model-local ONNX function (Gather + MatMul), used when the library is not registered",
                 "weights_bytes": stats["bytes_written"],
                 "weights_bytes_referenced_by_graphs": stats["bytes_referenced"],

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 EXECUTORCH_LIB = "libglass_et_ops.so"
+ONNX_RUNTIME_LIB = "libglass_ort_ops.so"  # registered per session: SessionOptions.register_custom_ops_library
 BUILD_HINT = "build it with `bash runtime_ops/build.sh` (needs cmake and a C++17 compiler)"
 
 _loaded: dict[str, Path] = {}
@@ -32,14 +33,24 @@ def find_library(name: str) -> Path | None:
     return None
 
 
+def require_library(name: str) -> Path:
+    path = find_library(name)
+    if path is None:
+        searched = ", ".join(str(d) for d in search_dirs())
+        raise NativeLibraryMissing(f"{name} not found (searched {searched}); {BUILD_HINT}")
+    return path
+
+
+def onnxruntime_ops_library() -> Path:
+    """Path of the ONNX Runtime kernel library, for SessionOptions.register_custom_ops_library."""
+    return require_library(ONNX_RUNTIME_LIB)
+
+
 def load_executorch_kernels() -> Path:
     """Load the ExecuTorch kernel library so `glass::gather_ffn.out` is registered; idempotent."""
     if EXECUTORCH_LIB in _loaded:
         return _loaded[EXECUTORCH_LIB]
-    path = find_library(EXECUTORCH_LIB)
-    if path is None:
-        searched = ", ".join(str(d) for d in search_dirs())
-        raise NativeLibraryMissing(f"{EXECUTORCH_LIB} not found (searched {searched}); {BUILD_HINT}")
+    path = require_library(EXECUTORCH_LIB)
     ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
     _loaded[EXECUTORCH_LIB] = path
     return path

@@ -39,6 +39,7 @@ public final class OrtBackend implements Backend {
       if (nativeLibraryDir != null && manifest.nativeLibrary != null) {
         Path library = nativeLibraryDir.resolve(manifest.nativeLibrary);
         if (Files.isRegularFile(library)) {
+          NativeAbi.check(library);
           try {
             options.registerCustomOpLibrary(library.toString());
             implementation = "native (" + library.getFileName() + ")";

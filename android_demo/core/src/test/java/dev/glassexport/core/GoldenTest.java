@@ -82,6 +82,26 @@ class GoldenTest {
   }
 
   @Test
+  void nativeOpLibraryIsRegisteredAndGivesTheSameTokens() {
+    Manifest manifest = Manifest.load(golden.resolve("artifact"));
+    Path libDir = Path.of(System.getProperty("glass.nativeLibDir", "../../runtime_ops/glass_ops/lib"));
+    assertTrue(Files.isRegularFile(libDir.resolve(manifest.nativeLibrary)),
+        libDir.resolve(manifest.nativeLibrary) + " missing: run `bash runtime_ops/build.sh` first");
+    BpeTokenizer tokenizer = new BpeTokenizer(golden.resolve("artifact/tokenizer.json"));
+    try (OrtBackend backend = new OrtBackend(manifest, libDir, 2)) {
+      assertTrue(backend.opImplementation().startsWith("native ("), backend.opImplementation());
+      Generator generator = new Generator(backend, manifest, tokenizer);
+      manifest.eosTokenIds.clear();
+      JsonObject record = data.getAsJsonArray("records").get(0).getAsJsonObject();
+      Generator.Result result = generator.generate(
+          record.get("prompt").getAsString(), data.get("new_tokens").getAsInt(), Sampler.greedy(), null);
+      assertArrayEquals(longs(record.getAsJsonArray("tokens")), result.tokens.stream().mapToLong(Long::longValue).toArray());
+      JsonArray logits = record.getAsJsonArray("first_logits");
+      for (int i = 0; i < logits.size(); i++) assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
+    }
+  }
+
+  @Test
   void samplerIsSeededAndTopKOneIsGreedy() {
     float[] logits = {0.1f, 2.0f, -1.0f, 1.9f, 0.5f};
     assertEquals(1, Sampler.greedy().next(logits));
@@ -111,5 +131,42 @@ class GoldenTest {
     GlassException empty = org.junit.jupiter.api.Assertions.assertThrows(
         GlassException.class, () -> new Generator(null, Manifest.load(golden.resolve("artifact")), null).generate(" ", 3, Sampler.greedy(), null));
     assertTrue(empty.getMessage().contains("prompt is empty"));
+  }
+
+  @Test
+  void nativeLibraryForAnotherAbiOrNotAnOpLibraryGetsAClearMessage() throws Exception {
+    Manifest manifest = Manifest.load(golden.resolve("artifact"));
+    assertTrue(manifest.nativeLibrary != null, "the ONNX manifest names its op library");
+    // A real shared library of this JVM's ABI that is not an ORT op library...
+    byte[] elf = Files.readAllBytes(Path.of(System.getProperty("java.home"), "lib", "libjava.so"));
+    Path hostDir = libraryDir(manifest, elf);
+    assertEquals(NativeAbi.ofThisProcess(), NativeAbi.ofLibrary(hostDir.resolve(manifest.nativeLibrary)));
+    GlassException notOps = org.junit.jupiter.api.Assertions.assertThrows(
+        GlassException.class, () -> new OrtBackend(manifest, hostDir, 1));
+    assertTrue(notOps.getMessage().contains("cannot load"), notOps.getMessage());
+
+    // ...the same bytes marked as built for another ABI (e_machine, offset 18, little-endian)...
+    boolean hostIsArm = NativeAbi.ofThisProcess().equals("arm64-v8a");
+    elf[18] = (byte) (hostIsArm ? 62 : 183);
+    elf[19] = 0;
+    Path otherDir = libraryDir(manifest, elf);
+    String other = hostIsArm ? "x86_64" : "arm64-v8a";
+    GlassException wrongAbi = org.junit.jupiter.api.Assertions.assertThrows(
+        GlassException.class, () -> new OrtBackend(manifest, otherDir, 1));
+    assertTrue(wrongAbi.getMessage().contains("is built for " + other + ", but this device runs " + NativeAbi.ofThisProcess()),
+        wrongAbi.getMessage());
+
+    // ...and a file that is no library at all.
+    Path garbageDir = libraryDir(manifest, "not a library".getBytes());
+    GlassException garbage = org.junit.jupiter.api.Assertions.assertThrows(
+        GlassException.class, () -> new OrtBackend(manifest, garbageDir, 1));
+    assertTrue(garbage.getMessage().contains("no ELF header"), garbage.getMessage());
+  }
+
+  /** A fresh directory per case: a library ORT tried to load may stay mapped, so it is never rewritten. */
+  static Path libraryDir(Manifest manifest, byte[] bytes) throws Exception {
+    Path dir = Files.createTempDirectory("jniLibs");
+    Files.write(dir.resolve(manifest.nativeLibrary), bytes);
+    return dir;
   }
 }

