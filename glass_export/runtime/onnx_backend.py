@@ -43,7 +43,7 @@ class OnnxBackend(Backend):
 
     @property
     def op_implementation(self) -> str:
-        return f"native ({self.native_library})" if self.native_library else "ONNX function fallback"
+        return f"native ({self.native_library.name})" if self.native_library else "ONNX function fallback"
 
     def prefill(self, ids: list[int]) -> PrefillResult:
         outputs = self.prefill_session.run(None, {"input_ids": np.array([ids], dtype=np.int64)})

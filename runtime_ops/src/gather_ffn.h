@@ -159,21 +159,72 @@ void gather_ffn_f32(const float* x, int64_t n_tokens, int64_t d, const float* w_
   reduce_partials(partial, n_tasks, out_size, y);
 }
 
+// Both dot products of NT tokens' rows x[t] (stride d) with b and c: each loaded chunk of b and
+// c serves NT tokens, so the prefill is not bound by loads (8 lanes x NT x 2 accumulators).
+template <int NT>
+inline void dot2_tokens(const float* x, int64_t d, const float* b, const float* c, float* out_b, float* out_c) {
+  constexpr int kLanes = 8;
+  float acc_b[NT][kLanes] = {}, acc_c[NT][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= d; i += kLanes) {
+    for (int t = 0; t < NT; ++t) {
+      const float* xt = x + t * d + i;
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) {
+        acc_b[t][l] += xt[l] * b[i + l];
+        acc_c[t][l] += xt[l] * c[i + l];
+      }
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sb = 0.0f, sc = 0.0f;
+    for (int64_t j = i; j < d; ++j) {
+      sb += x[t * d + j] * b[j];
+      sc += x[t * d + j] * c[j];
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      sb += acc_b[t][l];
+      sc += acc_c[t][l];
+    }
+    out_b[t] = sb;
+    out_c[t] = sc;
+  }
+}
+
 // ffn_up: z[t, i] = act(x_t . gate_i) * (x_t . up_i) for every neuron, z [n_tokens, m].
 // The dense prefill's first half; it reads the same w_gate_up as gather_ffn.
 template <typename ParallelFor>
 void ffn_up_f32(const float* x, int64_t n_tokens, int64_t d, const float* w_gate_up, int64_t m, Activation act,
                 float* z, int64_t n_tasks, const ParallelFor& parallel_for) {
+  constexpr int kBlock = 4;
   for_each_task(m, n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
+    float g[kBlock], u[kBlock];
     for (int64_t i = begin; i < end; ++i) {
       const float* gate = w_gate_up + i * 2 * d;
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        float g, u;
-        dot2(x + t * d, gate, gate + d, d, &g, &u);
-        z[t * m + i] = activate(act, g) * u;
+      for (int64_t t0 = 0; t0 < n_tokens; t0 += kBlock) {
+        const int64_t nt = std::min<int64_t>(kBlock, n_tokens - t0);
+        const float* xt = x + t0 * d;
+        switch (nt) {
+          case 4: dot2_tokens<4>(xt, d, gate, gate + d, g, u); break;
+          case 3: dot2_tokens<3>(xt, d, gate, gate + d, g, u); break;
+          case 2: dot2_tokens<2>(xt, d, gate, gate + d, g, u); break;
+          default: dot2(xt, gate, gate + d, d, g, u); break;
+        }
+        for (int64_t t = 0; t < nt; ++t) z[(t0 + t) * m + i] = activate(act, g[t]) * u[t];
       }
     }
   });
+}
+
+// y += a[0] x[0] + ... + a[3] x[3] over rows x[j] = rows + j * d: one load and store of y per
+// four rows, so the dense prefill's second half is not bound by stores.
+inline void axpy4(const float* a, const float* rows, int64_t d, float* y) {
+  const float* x0 = rows;
+  const float* x1 = rows + d;
+  const float* x2 = rows + 2 * d;
+  const float* x3 = rows + 3 * d;
+#pragma omp simd
+  for (int64_t i = 0; i < d; ++i) y[i] += a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
 }
 
 // ffn_down: y [n_tokens, d] = z [n_tokens, m] . w_down_t [m, d] (y overwritten).
@@ -184,7 +235,14 @@ void ffn_down_f32(const float* z, int64_t n_tokens, int64_t m, const float* w_do
   std::vector<float> partial(static_cast<size_t>(n_tasks * out_size), 0.0f);
   for_each_task(m, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
     float* acc = partial.data() + task * out_size;
-    for (int64_t i = begin; i < end; ++i) {
+    int64_t i = begin;
+    for (; i + 4 <= end; i += 4) {  // four neurons' rows (contiguous in w_down_t) per pass over y
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        const float a[4] = {z[t * m + i], z[t * m + i + 1], z[t * m + i + 2], z[t * m + i + 3]};
+        axpy4(a, w_down_t + i * d, d, acc + t * d);
+      }
+    }
+    for (; i < end; ++i) {
       for (int64_t t = 0; t < n_tokens; ++t) axpy(z[t * m + i], w_down_t + i * d, acc + t * d, d);
     }
   });

@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(1234);
   int passed = 0, failed = 0;
   for (int c = 0; c < cases; ++c) {
-    const int64_t d = 1 + rng() % 70, m = 1 + rng() % 90, tokens = 1 + rng() % 3;
+    const int64_t d = 1 + rng() % 70, m = 1 + rng() % 90, tokens = 1 + rng() % 9;  // covers the 4-token blocks of ffn_up and their remainders
     int64_t k;
     switch (c % 4) {
       case 0: k = 1; break;
