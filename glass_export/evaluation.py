@@ -182,11 +182,17 @@ def plot(results: list[RunResult], out_dir) -> list[str]:
         if len({r.lam for r in glass}) > 1:
             fig, ax = plt.subplots(figsize=(6.4, 4.2))
             for method in GLASS_METHODS:
+                # lambda = 0 is the static mask of the same prior and lambda = 1 is griffin: the curve's ends.
+                static = next(name for name, (prior, lam) in METHODS.items() if lam == 0.0 and prior == METHODS[method][0])
                 for density in sorted({r.density for r in glass}):
                     pts = sorted((r.lam, getattr(r, metric)) for r in glass if r.method == method and r.density == density)
+                    ends = [(0.0 if r.method == static else 1.0, getattr(r, metric)) for r in results
+                            if r.method in (static, "griffin") and r.density == density]
+                    pts = sorted(pts + ends)
                     if pts:
                         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{method} ρ={density:g}")
-            files.append(_save(fig, ax, "λ (weight of the prompt's ranking)", label, out_dir / f"{metric}_vs_lambda.png"))
+            files.append(_save(fig, ax, "λ (weight of the prompt's ranking; 0 = static prior, 1 = griffin)", label,
+                               out_dir / f"{metric}_vs_lambda.png"))
     return files
 
 

@@ -9,9 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || bash scripts/setup.sh
 source .venv/bin/activate
+[ -f runtime_ops/glass_ops/lib/libglass_ort_ops.so ] || bash runtime_ops/build.sh
 
 WORK=${GLASS_REAL_DIR:-build/real}
-STEPS=${STEPS:-"model calibrate eval bench"}
+STEPS=${STEPS:-"model calibrate eval artifacts bench"}
+LAMBDA=${LAMBDA:-0.25}   # the fused variants' lambda for the shipped artifacts (docs/real_model.md says why)
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL=$WORK/smollm2-135m-instruct
 PRIORS=$WORK/priors.safetensors
@@ -33,13 +35,24 @@ if [[ " $STEPS " == *" eval "* ]]; then
   # Headline: every method at rho = 0.5, lambda swept for a-glass / i-glass.
   glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
     --densities 0.5 --lambdas 0.1,0.25,0.5,0.75,0.9 --out docs/quality/rho_0.5 --force
-  # The other densities at lambda = 0.5.
+  # The other densities at the lambda the rho = 0.5 sweep picked (0.25).
   glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
-    --methods griffin,static-a,static-i,a-glass,i-glass,random --densities 0.25,0.75 --lambdas 0.5 \
+    --methods griffin,static-a,static-i,a-glass,i-glass,random --densities 0.25,0.75 --lambdas 0.25 \
     --out docs/quality/densities --force
 fi
 
+if [[ " $STEPS " == *" artifacts "* ]]; then
+  # What a user ships: i-glass at rho = 0.5 for both runtimes, verified against eager PyTorch,
+  # and the ONNX one evaluated as shipped.
+  for target in onnx executorch; do
+    glass-export export --model "$MODEL" --priors "$PRIORS" --method i-glass --density 0.5 --lambda "$LAMBDA" \
+      --target $target --max-seq-len 512 --out "$WORK/artifact-$target" --force
+    glass-export verify --artifact "$WORK/artifact-$target" --model "$MODEL" --steps 32 --json > "$WORK/verify-$target.json"
+  done
+  glass-export eval --model "$MODEL" --artifact "$WORK/artifact-onnx" --chat --max-new-tokens 128 \
+    --out docs/quality/artifact-onnx --force
+fi
+
 if [[ " $STEPS " == *" bench "* ]]; then
-  [ -f runtime_ops/glass_ops/lib/libglass_et_ops.so ] || bash runtime_ops/build.sh
   python bench/decode.py --model "$MODEL" --density 0.5 --out docs/real
 fi
