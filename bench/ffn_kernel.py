@@ -74,15 +74,20 @@ def executorch_method(module, example, path: Path):
     return Runtime.get().load_program(str(path)).load_method("forward")
 
 
-def ort_session(module, example, path: Path, threads: int, native_library: Path | None = None):
-    import onnxruntime as ort
+def save_onnx(module, example, path: Path) -> Path:
+    import onnx
 
     program = torch.onnx.export(module, example, dynamo=True, optimize=True, verbose=False,
                                 custom_translation_table=onnx_ops.translation_table())
     model = onnx_ops.add_function_fallback(program.model_proto)
-    import onnx
-
     onnx.save(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    return path
+
+
+def ort_session(path: Path, threads: int, native_library: Path | None = None):
+    """A session over the saved model; with native_library the glass kernel replaces the function fallback."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -103,15 +108,16 @@ def bench_shape(d: int, m: int, densities: list[float], threads: int, repeats: i
     dense_module, gather_module = DenseFFN(gate, up, down).eval(), GatherFFN(gate, up, down).eval()
 
     et_dense = executorch_method(dense_module, (x,), workdir / "dense.pte")
-    ort_dense = ort_session(dense_module, (x,), workdir / "dense.onnx", threads)
+    ort_dense = ort_session(save_onnx(dense_module, (x,), workdir / "dense.onnx"), threads)
     for density in densities:
         k = max(1, round(density * m))
         idx = torch.sort(torch.randperm(m, generator=gen)[:k]).values
         et_sparse = executorch_method(gather_module, (x, idx), workdir / f"gather{k}.pte")
         want = glass_ops.torch_ops.reference(x, gather_module.w_gate_up, gather_module.w_down_t, idx, 0)
         torch.testing.assert_close(et_sparse.execute([x, idx])[0], want, atol=1e-3, rtol=1e-3)
-        sess = ort_session(gather_module, (x, idx), workdir / f"gather{k}.onnx", threads)
-        ort_native = ort_session(gather_module, (x, idx), workdir / f"gather{k}n.onnx", threads, ort_library)
+        gather_onnx = save_onnx(gather_module, (x, idx), workdir / f"gather{k}.onnx")
+        sess = ort_session(gather_onnx, threads)
+        ort_native = ort_session(gather_onnx, threads, ort_library)
         names = [i.name for i in sess.get_inputs()]
         feeds = {names[0]: x.numpy(), names[1]: idx.numpy()}
         np.testing.assert_allclose(ort_native.run(None, feeds)[0], want.numpy(), atol=1e-3, rtol=1e-3)
