@@ -16,7 +16,7 @@ import torch
 
 from .eager import record_ffn_activations
 from .errors import GlassExportError
-from .io_utils import JSONL_SUFFIXES, jsonl_records
+from .io_utils import JSONL_SUFFIXES, jsonl_records, read_text
 from .models import ffn_layers, model_info
 from .priors import Priors
 
@@ -40,21 +40,24 @@ class CorpusSource:
                     digest.update(block)
         return digest.hexdigest()[:16]
 
-    def documents(self) -> Iterator[str]:
+    def check(self) -> None:
+        """Before any work: every file exists."""
         for path in self.files:
             if not path.is_file():
                 raise GlassExportError(f"corpus file {path} does not exist", "pass existing text or JSONL files to --data")
+
+    def documents(self) -> Iterator[str]:
+        for path in self.files:
             if path.suffix.lower() in JSONL_SUFFIXES:
                 yield from self._jsonl_documents(path)
             else:
                 # Plain text: paragraphs (blank-line separated) are documents.
-                text = path.read_text(encoding="utf-8", errors="replace")
-                for paragraph in text.split("\n\n"):
+                for paragraph in read_text(path, "corpus file").split("\n\n"):
                     if paragraph.strip():
                         yield paragraph.strip()
 
     def _jsonl_documents(self, path: Path) -> Iterator[str]:
-        for line_no, record in jsonl_records(path):
+        for line_no, record in jsonl_records(path, "corpus file"):
             if not isinstance(record, dict) or self.text_field not in record:
                 raise GlassExportError(
                     f"{path}:{line_no} has no field {self.text_field!r}", "name the text field with --text-field"
@@ -167,6 +170,53 @@ def compute_priors(
         tokens=tokens,
         corpus=corpus or {},
     )
+
+
+def check_budget(tokens: int, seq_len: int, option: str) -> None:
+    if seq_len < 2:
+        raise GlassExportError(f"--seq-len must be at least 2, got {seq_len}")
+    if tokens < seq_len:
+        raise GlassExportError(f"{option} {tokens} is less than one sequence of --seq-len {seq_len} tokens",
+                               f"pass {option} {seq_len} or more, or a smaller --seq-len")
+
+
+# progress(description, total) -> advance(n): how a caller shows long work (None: silent)
+Progress = Callable[[str, int], ProgressFn]
+
+
+def run_calibration(model_dir: Path, out: Path, data: list[Path] = (), text_field: str = "text",
+                    self_generate: int | None = None, seed: int = 0, max_tokens: int = 100_000, seq_len: int = 512,
+                    batch_size: int = 4, dtype: str = "float32", force: bool = False,
+                    progress: Progress | None = None) -> Priors:
+    """`glass-export calibrate`: check every input and --out first, then compute and write the priors."""
+    from .models import load_model, load_tokenizer
+    from .outputs import OutputPlan
+
+    if bool(data) == (self_generate is not None):
+        raise GlassExportError("pass exactly one of --data and --self-generate",
+                               "e.g. --data corpus.txt or --self-generate 100000")
+    source = CorpusSource([Path(p) for p in data], text_field=text_field) if data else None
+    if source is not None:
+        source.check()
+        check_budget(max_tokens, seq_len, "--max-tokens")
+    else:
+        check_budget(self_generate, seq_len, "--self-generate")
+    plan = OutputPlan(Path(out), kind="priors", force=force, inputs=[Path(model_dir), *(Path(p) for p in data)])
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=dtype)
+    track = progress or (lambda _description, _total: None)
+    if source is not None:
+        sequences = token_sequences(source.documents(), tokenizer, seq_len, max_tokens)
+        corpus = describe_corpus_files(source, seq_len, len(sequences))
+    else:
+        count = self_generate // seq_len
+        sequences = self_generate_sequences(model, tokenizer, count * seq_len, seq_len, seed, batch_size,
+                                            track("self-generating", count * seq_len))
+        corpus = describe_self_generated(sequences, seq_len, seed)
+    priors = compute_priors(model, sequences, batch_size, track("calibrating", sum(len(s) for s in sequences)), corpus)
+    with plan.file() as tmp:
+        priors.save(tmp)
+    return priors
 
 
 def describe_corpus_files(source: CorpusSource, seq_len: int, sequences: int) -> dict:

@@ -1,29 +1,45 @@
-"""The `glass-export` command line."""
+"""The `glass-export` command line: parses options, calls the library, prints."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
+import os
 import sys
+import time
+import traceback
+import warnings
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 from rich.text import Text
 
 from . import __version__
 from .errors import GlassExportError
+from .models.adapter import SUPPORTED_MODEL_TYPES
+from .quantization import ACCURACY_LEVELS, GROUP_SIZES, WEIGHT_SCHEMES
 from .selection import DEFAULT_LAMBDA, METHODS
 
-# torchao (pulled in by transformers/executorch) logs deprecation noise at import, and the
-# ONNX exporter warns about torchvision ops it cannot register.
-logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-
 err_console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
+VERBOSE = {"on": False}
+
+
+def quiet_libraries() -> None:
+    """Third-party warnings and chatter stay out of the user's terminal unless --verbose."""
+    warnings.filterwarnings("ignore")
+    for name in ("torch", "torch.utils._pytree", "torch.onnx", "torch.export", "onnxscript", "executorch",
+                 "torchao", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 class RateColumn(ProgressColumn):
@@ -39,19 +55,12 @@ class RateColumn(ProgressColumn):
 
 
 def progress_bar(unit: str) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    )
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(unit),
+                    TimeRemainingColumn(), console=err_console, transient=False)
 
 
 def friendly_errors(func):
-    """Turn GlassExportError into a clear message and exit status 1."""
+    """Bad input: a message and a fix, exit 1. Anything unexpected: one line, exit 1 (--verbose: the traceback)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -62,44 +71,59 @@ def friendly_errors(func):
             if exc.fix:
                 err_console.print(f"[yellow]fix:[/] {exc.fix}")
             sys.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]: nothing was written")
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # a bug, or a library failing in a way we did not foresee
+            if VERBOSE["on"]:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}")
+            err_console.print("[yellow]fix:[/] this is a glass-export bug or an input it does not recognise; "
+                              "rerun with --verbose for the details and report it")
+            sys.exit(1)
 
     return wrapper
 
 
 DENSITY = click.FloatRange(0.0, 1.0, min_open=True)
 LAMBDA = click.FloatRange(0.0, 1.0)
+MODEL_DIR = click.Path(path_type=Path)
 CHAT_OPTION = click.option(
     "--chat", is_flag=True, help="Wrap each prompt in the tokenizer's chat template (instruction-tuned models).")
+FORCE_OPTION = click.option("--force", is_flag=True,
+                            help="Replace --out if it is an earlier glass-export output of the same kind.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="glass-export")
-def main():
+@click.option("--verbose", is_flag=True, help="Show third-party warnings and tracebacks of unexpected errors.")
+def main(verbose: bool):
     """Ship Hugging Face decoder LLMs with GLASS dynamic FFN sparsity.
 
     \b
     Typical flow:
-      glass-export example  --out example                      # tiny offline model
-      glass-export calibrate --model example/model --data example/corpus.txt --out priors.safetensors
-      glass-export generate --model example/model --priors priors.safetensors --method i-glass --prompt "Hi"
+      glass-export example   --out example                      # tiny offline model
+      glass-export calibrate --model example/model --self-generate 4096 --out priors.safetensors
+      glass-export export    --model example/model --priors priors.safetensors --method i-glass \\
+                             --quant int4 --target onnx --out artifact
+      glass-export run       --artifact artifact --prompt "Hi"
+      glass-export verify    --artifact artifact --model example/model
     """
-    quiet_transformers()
-
-
-def quiet_transformers() -> None:
-    """Our own progress bars and messages replace transformers' per-step chatter."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    VERBOSE["on"] = verbose
+    if verbose:
+        os.environ["GLASS_VERBOSE"] = "1"  # native libraries' logs too (runtime.executorch_backend)
+    else:
+        quiet_libraries()
 
 
 @main.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory to create (model/ and corpus.txt).")
-@click.option("--family", default="llama", show_default=True, type=click.Choice(
-    ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"]), help="Architecture of the tiny model.")
+@click.option("--family", default="llama", show_default=True, type=click.Choice(list(SUPPORTED_MODEL_TYPES)),
+              help="Architecture of the tiny model.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights.")
-@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@FORCE_OPTION
 @friendly_errors
 def example(out: Path, family: str, seed: int, force: bool):
     """Build a tiny random model and tokenizer offline (a built-in example)."""
@@ -112,7 +136,7 @@ def example(out: Path, family: str, seed: int, force: bool):
 @main.command("convert-gguf")
 @click.argument("gguf_file", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model directory to create.")
-@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@FORCE_OPTION
 @friendly_errors
 def convert_gguf_cmd(gguf_file: Path, out: Path, force: bool):
     """Dequantise a local GGUF checkpoint into a float32 Hugging Face model directory.
@@ -130,7 +154,7 @@ def convert_gguf_cmd(gguf_file: Path, out: Path, force: bool):
 
 
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
 @click.option("--data", multiple=True, type=click.Path(path_type=Path), help="Corpus file(s): plain text or JSONL. Repeatable.")
 @click.option("--text-field", default="text", show_default=True, help="Field holding the text in JSONL files.")
 @click.option("--self-generate", type=click.IntRange(min=1), default=None,
@@ -141,30 +165,19 @@ def convert_gguf_cmd(gguf_file: Path, out: Path, force: bool):
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences per forward pass.")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Priors file to write (.safetensors).")
+@FORCE_OPTION
 @friendly_errors
-def calibrate(model_dir, data, text_field, self_generate, seed, max_tokens, seq_len, batch_size, dtype, out):
+def calibrate(model_dir, data, text_field, self_generate, seed, max_tokens, seq_len, batch_size, dtype, out, force):
     """Compute the A-GLASS and I-GLASS global priors of a model."""
-    from . import calibration
-    from .models import load_model, load_tokenizer
+    from .calibration import run_calibration
 
-    if bool(data) == (self_generate is not None):
-        raise GlassExportError("pass exactly one of --data and --self-generate", "e.g. --data corpus.txt or --self-generate 100000")
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=dtype)
-    with progress_bar("tokens") as progress:
-        if data:
-            source = calibration.CorpusSource([Path(p) for p in data], text_field=text_field)
-            sequences = calibration.token_sequences(source.documents(), tokenizer, seq_len, max_tokens)
-            corpus = calibration.describe_corpus_files(source, seq_len, len(sequences))
-        else:
-            task = progress.add_task("self-generating", total=max(1, -(-self_generate // seq_len)) * seq_len)
-            sequences = calibration.self_generate_sequences(
-                model, tokenizer, self_generate, seq_len, seed, batch_size, lambda n: progress.advance(task, n)
-            )
-            corpus = calibration.describe_self_generated(sequences, seq_len, seed)
-        task = progress.add_task("calibrating", total=sum(len(s) for s in sequences))
-        priors = calibration.compute_priors(model, sequences, batch_size, lambda n: progress.advance(task, n), corpus)
-    priors.save(out)
+    with progress_bar("tokens") as bar:
+        def track(description: str, total: int):
+            task = bar.add_task(description, total=total)
+            return lambda n: bar.advance(task, n)
+
+        priors = run_calibration(model_dir, out, list(data), text_field, self_generate, seed, max_tokens, seq_len,
+                                 batch_size, dtype, force, progress=track)
     err_console.print(
         f"[green]wrote[/] {out}: {priors.model.num_layers} layers x {priors.model.intermediate_size} neurons, "
         f"{priors.tokens:,} tokens, model fingerprint {priors.model.fingerprint}"
@@ -200,9 +213,11 @@ def inspect(file: Path, as_json: bool):
 
 def selection_options(func):
     """--priors / --method / --density / --lambda / --seed, shared by the commands that select neurons."""
+    methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
     options = [
         click.option("--priors", type=click.Path(path_type=Path), default=None, help="Priors from `glass-export calibrate`."),
-        click.option("--method", default="i-glass", show_default=True, type=click.Choice(list(METHODS)), help="Selection method."),
+        click.option("--method", default="i-glass", show_default=True, type=click.Choice(list(METHODS)),
+                     help=f"Selection method ({methods})."),
         click.option("--density", default=0.5, show_default=True, type=DENSITY, help="Fraction of FFN neurons kept (rho)."),
         click.option("--lambda", "lam", default=None, type=LAMBDA,
                      help=f"Weight of the prompt's ranking for a-glass / i-glass [default: {DEFAULT_LAMBDA}]."),
@@ -213,82 +228,137 @@ def selection_options(func):
     return func
 
 
+def quant_options(func):
+    """--quant / --group-size / --accuracy-level: the weight scheme (quantization.QuantScheme)."""
+    options = [
+        click.option("--quant", "weights", default="fp32", show_default=True, type=click.Choice(WEIGHT_SCHEMES),
+                     help="Weights: fp32, or int8 / int4 in blocks along each row (MatMulNBits' layout)."),
+        click.option("--group-size", default=32, show_default=True, type=click.Choice([str(g) for g in GROUP_SIZES]),
+                     help="Values per quantisation block (one scale each)."),
+        click.option("--accuracy-level", default="4", show_default=True, type=click.Choice([str(a) for a in ACCURACY_LEVELS]),
+                     help="4: int8 activations in quantised matmuls (fast), 1: float activations."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def quant_scheme(weights: str, group_size: str, accuracy_level: str):
+    from .quantization import QuantScheme
+
+    return QuantScheme(weights, int(group_size), int(accuracy_level))
+
+
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
 @selection_options
+@quant_options
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @CHAT_OPTION
 @friendly_errors
-def generate(model_dir, priors, method, density, lam, seed, prompt, max_new_tokens, dtype, chat):
-    """Generate greedily with GLASS in eager PyTorch (the reference)."""
+def generate(model_dir, priors, method, density, lam, seed, weights, group_size, accuracy_level, prompt,
+             max_new_tokens, dtype, chat):
+    """Generate greedily with GLASS in eager PyTorch (the reference), optionally in a weight scheme's eager form."""
     from .eager import GlassModel, eos_token_ids
+    from .generation import generate as run_generation
     from .models import load_model, load_tokenizer
     from .priors import load_priors
     from .prompts import encode_prompt
     from .selection import SelectionConfig
 
     config = SelectionConfig(method, density, lam, seed)
+    quant = quant_scheme(weights, group_size, accuracy_level)
     if not prompt.strip():
         raise GlassExportError("the prompt is empty", "pass some text with --prompt")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=dtype)
-    loaded_priors = load_priors(priors) if priors is not None else None
-    glass = GlassModel(model, config, loaded_priors)
+    glass = GlassModel(model, config, load_priors(priors) if priors is not None else None, quant)
     prompt_ids = encode_prompt(tokenizer, prompt, chat)
+    limit = glass.max_seq_len - len(prompt_ids) + 1
+    if limit < 1:
+        raise GlassExportError(f"the prompt has {len(prompt_ids)} tokens, more than the model's {glass.max_seq_len} positions",
+                               "shorten the prompt")
+    if max_new_tokens > limit:
+        err_console.print(f"[yellow]note:[/] --max-new-tokens {max_new_tokens} exceeds the model's "
+                          f"{glass.max_seq_len} positions; generating at most {limit}")
     streamer = TextStreamer(tokenizer)
-    result = glass.generate(prompt_ids, max_new_tokens, eos_token_ids(model, tokenizer), on_token=streamer.put)
+    result = run_generation(glass, prompt_ids, min(max_new_tokens, limit), eos_token_ids(model, tokenizer),
+                            on_token=streamer.put)
     streamer.end()
-    decode_tokens = max(len(result.tokens) - 1, 0)
-    rate = decode_tokens / result.decode_seconds if result.decode_seconds > 0 and decode_tokens else 0.0
     err_console.print(
-        f"[dim]{config.describe()}: kept {glass.k}/{glass.m} FFN neurons per layer ({glass.kept_fraction:.1%}); "
-        f"prompt {len(prompt_ids)} tokens, prefill {result.prefill_seconds * 1e3:.1f} ms, "
-        f"{len(result.tokens)} new tokens, decode {rate:.1f} tokens/s[/]"
+        f"[dim]{config.describe()}, {quant.describe()}: kept {glass.k}/{glass.m} FFN neurons per layer "
+        f"({glass.kept_fraction:.1%}); prompt {len(prompt_ids)} tokens, prefill {result.prefill_seconds * 1e3:.1f} ms, "
+        f"{len(result.tokens)} new tokens, decode {result.decode_tokens_per_second:.1f} tokens/s[/]"
     )
 
 
+class StepProgress:
+    """A progress bar over named steps that shows each step's elapsed time."""
+
+    def __init__(self, steps: list[str]):
+        self.steps = steps
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=err_console)
+        self.task = None
+        self.times: dict[str, float] = {}
+        self._current: tuple[str, float] | None = None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, name: str) -> None:
+        if self.task is None:  # the bar appears with the first step, after the up-front checks
+            self.bar.__enter__()
+            self.task = self.bar.add_task("export", total=len(self.steps))
+        self._finish_current()
+        self._current = (name, time.perf_counter())
+        self.bar.update(self.task, completed=self.steps.index(name), description=name)
+
+    def _finish_current(self) -> None:
+        if self._current is not None:
+            name, start = self._current
+            self.times[name] = time.perf_counter() - start
+
+    def __exit__(self, *exc):
+        self._finish_current()
+        if self.task is not None:
+            if exc[0] is None:
+                self.bar.update(self.task, completed=len(self.steps), description="done")
+            self.bar.__exit__(*exc)
+
+
 @main.command()
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
 @selection_options
+@quant_options
 @click.option("--dense", is_flag=True, help="Export the dense twin (full FFN) through the same code path.")
 @click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx", "executorch"]),
               help="onnx: prefill.onnx + decode.onnx; executorch: model.pte with prefill and decode methods.")
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Longest prompt + generation the artifact accepts.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to create.")
-@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@FORCE_OPTION
 @friendly_errors
-def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq_len, out, force):
+def export(model_dir, priors, method, density, lam, seed, weights, group_size, accuracy_level, dense, target,
+           max_seq_len, out, force):
     """Export a two-graph GLASS artifact (prefill + sparse decode)."""
-    from .export import export_artifact
+    from .export import check_request, export_artifact, export_steps
     from .selection import SelectionConfig
 
     config = SelectionConfig("dense") if dense else SelectionConfig(method, density, lam, seed)
-    steps = ["loading model", "preparing graphs", "exporting prefill graph", "exporting decode graph",
-             *(["writing shared weights", "checking graphs"] if target == "onnx" else ["lowering to XNNPACK", "writing program"]),
-             "writing manifest and tokenizer"]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=err_console) as bar:
-        task = bar.add_task("export", total=len(steps))
-
-        def step(name: str) -> None:
-            done = steps.index(name) if name in steps else 0
-            bar.update(task, completed=done, description=name)
-
-        manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, step)
-        bar.update(task, completed=len(steps), description="done")
-    sel = manifest["selection"]
+    quant = quant_scheme(weights, group_size, accuracy_level)
+    check_request(target, quant, max_seq_len)
+    with StepProgress(export_steps(target)) as progress:
+        manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, progress, quant)
+    runtime = manifest.runtime
     if target == "onnx":
-        size = f"weights file {manifest['onnx']['weights_bytes'] / 2**20:.2f} MiB (each tensor once)"
+        size = f"weights file {runtime['weights_bytes'] / 2**20:.2f} MiB (each tensor once)"
     else:
-        et = manifest["executorch"]
-        size = (f"model.pte {et['pte_bytes'] / 2**20:.2f} MiB for {et['model_weight_bytes'] / 2**20:.2f} MiB of weights "
-                f"({et['pte_bytes'] / et['model_weight_bytes']:.2f}x)")
-    err_console.print(
-        f"[green]wrote[/] {out}: {config.describe()}, k={sel['k']}/{sel['m']} per layer, "
-        f"max_seq_len={manifest['max_seq_len']}, {size}"
-    )
+        size = (f"model.pte {runtime['pte_bytes'] / 2**20:.2f} MiB for {runtime['model_weight_bytes'] / 2**20:.2f} MiB "
+                f"of fp32 weights ({runtime['pte_bytes'] / runtime['model_weight_bytes']:.2f}x)")
+    err_console.print(f"[green]wrote[/] {out}: {manifest.describe()}, max_seq_len={manifest.max_seq_len}, {size}")
 
 
 @main.command()
@@ -296,45 +366,49 @@ def export(model_dir, priors, method, density, lam, seed, dense, target, max_seq
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Runtime threads [default: runtime's choice].")
-@click.option("--no-native", is_flag=True, help="Do not load the native op library (use the fallback).")
+@click.option("--no-native", is_flag=True, help="Do not load the native op library (ONNX: run the function fallbacks).")
 @CHAT_OPTION
 @friendly_errors
 def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
     """Generate with an exported artifact (greedy), streaming the text."""
+    from .generation import generate as run_generation
     from .prompts import encode_prompt
-    from .runtime import generate, open_artifact
+    from .runtime import artifact_tokenizer, open_artifact
 
     if not prompt.strip():
         raise GlassExportError("the prompt is empty", "pass some text with --prompt")
-    backend = open_artifact(artifact, use_native=not no_native, threads=threads)
-    tokenizer = backend.tokenizer()
-    ids = encode_prompt(tokenizer, prompt, chat)
-    streamer = TextStreamer(tokenizer)
-    eos = set(backend.manifest["tokenizer"]["eos_token_ids"])
-    result = generate(backend, ids, max_new_tokens, eos, on_token=streamer.put)
-    streamer.end()
-    sel = backend.manifest["selection"]
-    prefill_rate = len(ids) / result.prefill_seconds if result.prefill_seconds > 0 else 0.0
-    err_console.print(
-        f"[dim]{backend.manifest['target']} ({getattr(backend, 'op_implementation', '')}); {sel['method']} "
-        f"k={sel['k']}/{sel['m']}; prefill {len(ids)} tokens in {result.prefill_seconds * 1e3:.1f} ms "
-        f"({prefill_rate:.0f} tokens/s); decode {len(result.tokens)} tokens, {result.decode_tokens_per_second:.1f} tokens/s"
-        + ("; stopped at max_seq_len" if result.stopped_at_max_seq_len else "") + "[/]"
-    )
+    with open_artifact(artifact, use_native=not no_native, threads=threads) as backend:
+        manifest = backend.manifest
+        tokenizer = artifact_tokenizer(Path(artifact), manifest)
+        ids = encode_prompt(tokenizer, prompt, chat)
+        streamer = TextStreamer(tokenizer)
+        result = run_generation(backend, ids, max_new_tokens, set(manifest.tokenizer.eos_token_ids),
+                                on_token=streamer.put)
+        streamer.end()
+        prefill_rate = len(ids) / result.prefill_seconds if result.prefill_seconds > 0 else 0.0
+        err_console.print(
+            f"[dim]{backend.description}; {manifest.selection.describe()} k={manifest.k}/{manifest.m}, "
+            f"{manifest.quant.describe()}; prefill {len(ids)} tokens in {result.prefill_seconds * 1e3:.1f} ms "
+            f"({prefill_rate:.0f} tokens/s); decode {len(result.tokens)} tokens, "
+            f"{result.decode_tokens_per_second:.1f} tokens/s"
+            + ("; stopped at max_seq_len" if result.stopped_at_max_seq_len else "") + "[/]"
+        )
 
 
 @main.command()
 @click.option("--artifact", required=True, type=click.Path(path_type=Path), help="Directory from `glass-export export`.")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="The model it was exported from.")
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="The model it was exported from.")
 @click.option("--prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts file (one a line, or JSONL with 'prompt') [default: built-in short instructions].")
-@click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1), help="Greedy tokens to compare.")
-@click.option("--atol", default=1e-4, show_default=True, type=click.FloatRange(min=0), help="Max abs logits difference.")
+@click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1),
+              help="Greedy tokens to compare (at most what fits in the artifact's max_seq_len).")
+@click.option("--atol", default=None, type=click.FloatRange(min=0),
+              help="Max abs logits difference [default: 1e-4; 5e-2 for int8-activation schemes (accuracy level 4)].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
 @friendly_errors
 def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
-    """Check an exported artifact against eager PyTorch: logits, kept indices, greedy tokens."""
+    """Check an artifact against eager PyTorch: logits, kept sets (ties reported), decode, greedy tokens."""
     from .prompts import read_prompts
     from .verify import verify_artifact
 
@@ -346,23 +420,32 @@ def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        table = Table("prompt", "tokens", "prefill |diff|", "decode max |diff|", "indices", "greedy tokens", "")
-        for row in report["prompts"]:
-            mismatch = row["first_token_mismatch"]
-            prompt = row["prompt"] if len(row["prompt"]) <= 28 else row["prompt"][:27] + "…"
-            table.add_row(
-                prompt, str(row["prompt_tokens"]), f"{row['prefill_max_abs_diff']:.2e}",
-                f"{max(row['step_max_abs_diff'], default=0.0):.2e}",
-                "identical" if row["indices_identical"] else f"{row['indices_differing']} differ",
-                f"{row['tokens_compared']}/{steps} match" if mismatch is None else f"differ at step {mismatch}",
-                "[green]ok[/]" if row["passed"] else "[red]FAIL[/]",
-            )
-        console = Console(width=max(Console().width, 110))  # pipes default to 80 columns
-        console.print(table)
-        console.print(f"{report['target']} artifact, op: {report['op_implementation']}, atol {atol:g}: "
-                        + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
+        print_verify_table(report)
     if not report["passed"]:
         sys.exit(1)
+
+
+def print_verify_table(report: dict) -> None:
+    console = Console(width=max(Console().width, 100))  # pipes default to 80 columns
+    prompt_width = max(24, console.width - 76)
+    table = Table("prompt", "tok", "prefill", "decode", "kept sets", "greedy tokens", "", pad_edge=False)
+    for row in report["prompts"]:
+        mismatch = row["first_token_mismatch"]
+        prompt = row["prompt"] if len(row["prompt"]) <= prompt_width else row["prompt"][: prompt_width - 1] + "…"
+        kept = {"identical": "identical", "ties only": f"{row['indices_differing']} tie swaps",
+                "mismatch": f"[red]{row['indices_differing']} differ[/]"}[row["selection"]]
+        table.add_row(
+            prompt, str(row["prompt_tokens"]), f"{row['prefill_max_abs_diff']:.1e}",
+            f"{max(row['step_max_abs_diff'], default=0.0):.1e}", kept,
+            (f"{row['tokens_compared']}/{row['tokens_expected']} match"
+             + (f", {len(row['near_ties'])} near-tie" if row["near_ties"] else "")) if mismatch is None
+            else f"differ at {mismatch}",
+            "[green]ok[/]" if row["passed"] else "[red]FAIL[/]",
+        )
+    console.print(table)
+    summary = ", ".join(f"{n} {v}" for v, n in report["selection_summary"].items() if n)
+    console.print(f"{report['runs_on']}; kept sets: {summary}; atol {report['atol']:g}: "
+                  + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
 
 
 def comma_list(kind):
@@ -383,7 +466,7 @@ def comma_list(kind):
 
 
 @main.command("eval")
-@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Local Hugging Face model directory.")
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
 @click.option("--priors", type=click.Path(path_type=Path), default=None, help="Priors from `glass-export calibrate`.")
 @click.option("--prompts", type=click.Path(path_type=Path), default=None,
               help="Prompts file (one a line, or JSONL with 'prompt') [default: built-in short instructions].")
@@ -391,56 +474,24 @@ def comma_list(kind):
 @click.option("--densities", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float))
 @click.option("--lambdas", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float),
               help="lambda values swept for a-glass / i-glass.")
+@quant_options
 @click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=2))
 @CHAT_OPTION
 @click.option("--artifact", type=click.Path(path_type=Path), default=None,
-              help="Evaluate this exported artifact's own method instead of the eager sweep.")
+              help="Evaluate this exported artifact's own method (and weights) instead of the eager sweep.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for results.json, results.md, plots.")
-@click.option("--force", is_flag=True, help="Replace --out if it is not empty.")
+@FORCE_OPTION
 @friendly_errors
-def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, max_new_tokens, chat, artifact, out, force):
-    """Perplexity and KL of sparse generation against dense, per method x density (x lambda)."""
-    from . import evaluation
-    from .io_utils import atomic_directory
-    from .models import load_model, load_tokenizer, model_info
-    from .priors import load_priors
-    from .prompts import encode_prompt, read_prompts
+def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, weights, group_size, accuracy_level,
+                 max_new_tokens, chat, artifact, out, force):
+    """Perplexity and KL of sparse generation against the fp32 dense model, per method x density (x lambda)."""
+    from .evaluation import run_evaluation
 
-    prompt_texts = read_prompts(prompts)
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    info = model_info(model)
-    generate_fn = None
-    if artifact is not None:
-        from .runtime import generate, open_artifact
-        from .verify import selection_from_manifest
-
-        backend = open_artifact(artifact)
-        if backend.manifest["model"]["fingerprint"] != info.fingerprint:
-            raise GlassExportError(f"artifact {artifact} was exported from another model", "pass its own --model")
-        runs = [selection_from_manifest(backend.manifest)]
-
-        def generate_fn(config, prompt):
-            result = generate(backend, prompt, max_new_tokens, keep_logits=True)
-            return result.tokens, result.step_logits
-    else:
-        runs = evaluation.plan_runs(methods, densities, lambdas)
-    loaded = load_priors(priors) if priors is not None else None  # evaluate() checks it belongs to the model
-    if loaded is None and any(r.prior_name for r in runs) and artifact is None:
-        raise GlassExportError("the methods include ones that need global priors", "pass --priors, or drop them from --methods")
-    prompt_ids = [encode_prompt(tokenizer, p, chat) for p in prompt_texts]
-    with atomic_directory(out, force=force) as tmp:
-        with progress_bar("runs") as bar:
-            task = bar.add_task("evaluating", total=len(runs))
-            results = evaluation.evaluate(model, loaded, prompt_ids, runs, max_new_tokens, generate_fn,
-                                          progress=lambda: bar.advance(task))
-        meta = {"model": info.to_dict(), "prompts": len(prompt_texts), "max_new_tokens": max_new_tokens, "chat_template": chat,
-                "artifact": None if artifact is None else str(artifact),
-                "priors": None if loaded is None else {"tokens": loaded.tokens, "corpus": loaded.corpus}}
-        (tmp / "results.json").write_text(json.dumps(evaluation.to_json(results, meta), indent=2) + "\n")
-        table = evaluation.markdown_table(results)
-        (tmp / "results.md").write_text(table)
-        evaluation.plot(results, tmp)
+    with progress_bar("runs") as bar:
+        task = bar.add_task("evaluating", total=None)
+        _, table = run_evaluation(model_dir, out, priors, prompts, methods, densities, lambdas, max_new_tokens, chat,
+                                  artifact, quant_scheme(weights, group_size, accuracy_level), force,
+                                  progress=lambda: bar.advance(task))
     click.echo(table)
     err_console.print(f"[green]wrote[/] {out}/results.json, results.md and plots")
 

@@ -1,21 +1,24 @@
 """GLASS in eager PyTorch: dense prefill, selection, sparse decode.
 
-This is the reference every exported artifact is compared with.
+This is the reference every exported artifact is compared with. With a quantisation scheme it runs
+the scheme's eager form (quantization.quantize_model): the artifact's dequantised weights and
+int8-quantised activations, so kept sets and logits are comparable like with like.
 """
 
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import GlassExportError
-from .models import FFNLayer, ffn_layers, model_info
+from .generation import Backend, PrefillResult
+from .models import FFNLayer, ModelInfo, ffn_layers, model_info
 from .priors import Priors
+from .quantization import QuantScheme, fake_quantize_activations, quantize_model
 from .selection import LocalStats, SelectionConfig, ranks, select_with_ranks
 
 
@@ -39,18 +42,21 @@ def record_ffn_activations(ffns: list[FFNLayer], callback: Callable[[int, torch.
 def _kept_neuron_forward(ffn: FFNLayer, idx: torch.Tensor):
     gate, up, down = ffn.gate[idx], ffn.up[idx], ffn.down[:, idx].contiguous()
     act = ffn.act_fn
+    group = ffn.input_quant_group
 
     def forward(x):
+        if group is not None:
+            x = fake_quantize_activations(x, group)
         return F.linear(act(F.linear(x, gate)) * F.linear(x, up), down)
 
     return forward
 
 
 @contextlib.contextmanager
-def sparse_ffns(ffns: list[FFNLayer], indices: torch.Tensor):
-    """Within the block every FFN computes with only its kept neurons indices[layer]."""
-    for layer, ffn in enumerate(ffns):
-        ffn.module.forward = _kept_neuron_forward(ffn, indices[layer])
+def sparse_ffns(ffns: list[FFNLayer], forwards: list):
+    """Within the block every FFN computes with only its kept neurons (forwards from _kept_neuron_forward)."""
+    for ffn, forward in zip(ffns, forwards):
+        ffn.module.forward = forward
     try:
         yield
     finally:
@@ -58,28 +64,23 @@ def sparse_ffns(ffns: list[FFNLayer], indices: torch.Tensor):
             del ffn.module.forward  # back to the class's dense forward
 
 
-@dataclass
-class GenerationResult:
-    prompt_ids: list[int]
-    tokens: list[int]
-    indices: torch.Tensor  # [layers, k]
-    local_scores: torch.Tensor | None  # [layers, m]
-    step_logits: list[torch.Tensor] = field(default_factory=list)  # logits that chose each token
-    prefill_logits: torch.Tensor | None = None  # [T, vocab], kept with keep_logits
-    prefill_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-
-class GlassModel:
+class GlassModel(Backend):
     """A Hugging Face causal LM with GLASS selection applied at the end of prefill."""
 
-    def __init__(self, model, config: SelectionConfig, priors: Priors | None = None, check_priors: bool = True):
-        self.model = model
+    description = "eager PyTorch"
+
+    def __init__(self, model, config: SelectionConfig, priors: Priors | None = None,
+                 quant: QuantScheme = QuantScheme(), info: ModelInfo | None = None):
+        """info: the fp32 model's ModelInfo, when the caller has it (fingerprinting reads every weight)."""
+        super().__init__()
         self.config = config
-        self.ffns = ffn_layers(model)
+        self.quant = quant
+        self.model = quantize_model(model, quant)
+        self.ffns = ffn_layers(self.model)
         self.num_layers = len(self.ffns)
         self.m = self.ffns[0].gate.shape[0]
         self.k = config.keep_count(self.m)
+        self.max_seq_len = int(getattr(model.config, "max_position_embeddings", None) or 1 << 30)
         self.global_rank = None  # ranks of the chosen prior, computed once
         if config.prior_name is not None:
             if priors is None:
@@ -87,67 +88,53 @@ class GlassModel:
                     f"method {config.method} needs global priors",
                     "run `glass-export calibrate` and pass its output with --priors",
                 )
-            if check_priors:
-                priors.check_matches(model_info(model))
+            priors.check_matches(info or model_info(model))
             self.global_rank = ranks(priors.tensor(config.prior_name))
+        self.cache = None
+        self._forwards_for: np.ndarray | None = None
+        self._forwards: list = []
 
     @property
     def kept_fraction(self) -> float:
         return self.k / self.m
 
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor):
+    def prefill_tensors(self, input_ids: torch.Tensor):
         """Dense prefill of one prompt [1, T] -> (logits [1, T, vocab], cache, local scores, indices)."""
         if input_ids.ndim != 2 or input_ids.shape[0] != 1:
             raise GlassExportError("prefill takes one prompt of shape [1, T]")
         if input_ids.shape[1] == 0:
             raise GlassExportError("the prompt is empty", "pass a prompt with at least one token")
         stats = LocalStats(self.num_layers, self.m) if self.config.needs_local_stats else None
-        recorder = (
-            record_ffn_activations(self.ffns, stats.add) if stats is not None else contextlib.nullcontext()
-        )
+        recorder = record_ffn_activations(self.ffns, stats.add) if stats is not None else contextlib.nullcontext()
         with recorder:
             out = self.model(input_ids=input_ids, use_cache=True)
-        local = stats.scores() if stats is not None else None
-        indices = select_with_ranks(self.config, local, self.global_rank, self.m, self.num_layers)
+        local = stats.scores() if stats is not None else torch.zeros(self.num_layers, self.m)
+        indices = select_with_ranks(self.config, local if stats is not None else None, self.global_rank, self.m,
+                                    self.num_layers)
         return out.logits, out.cache, local, indices
 
-    def sparse(self, indices: torch.Tensor):
-        return contextlib.nullcontext() if self.config.method == "dense" else sparse_ffns(self.ffns, indices)
+    def _prefill(self, ids: list[int]) -> PrefillResult:
+        logits, self.cache, local, indices = self.prefill_tensors(torch.tensor([ids]))
+        return PrefillResult(logits[0].float().numpy(), indices.numpy(), local.numpy())
+
+    def sparse(self, indices: torch.Tensor | np.ndarray):
+        """Within the block the FFNs use only the kept neurons `indices` (dense method: a no-op)."""
+        if not self.config.sparse_decode:
+            return contextlib.nullcontext()
+        indices = np.asarray(indices)
+        if self._forwards_for is None or not np.array_equal(self._forwards_for, indices):
+            kept = torch.as_tensor(indices, dtype=torch.int64)
+            self._forwards = [_kept_neuron_forward(ffn, kept[layer]) for layer, ffn in enumerate(self.ffns)]
+            self._forwards_for = indices.copy()
+        return sparse_ffns(self.ffns, self._forwards)
 
     @torch.no_grad()
-    def generate(
-        self,
-        prompt_ids: list[int],
-        max_new_tokens: int,
-        eos_ids: set[int] | None = None,
-        on_token: Callable[[int], None] | None = None,
-        keep_logits: bool = False,
-    ) -> GenerationResult:
-        """Greedy generation: the first token comes from the dense prefill, the rest from sparse decode."""
-        start = time.perf_counter()
-        logits, cache, local, indices = self.prefill(torch.tensor([prompt_ids]))
-        step_logits = logits[0, -1]
-        prefill_seconds = time.perf_counter() - start
-        result = GenerationResult(list(prompt_ids), [], indices, local, prefill_seconds=prefill_seconds)
-        if keep_logits:
-            result.prefill_logits = logits[0]
-        eos_ids = eos_ids or set()
-        start = time.perf_counter()
+    def _decode(self, token: int, position: int, indices: np.ndarray) -> np.ndarray:
         with self.sparse(indices):
-            for step in range(max_new_tokens):
-                token = int(torch.argmax(step_logits))
-                result.tokens.append(token)
-                if keep_logits:
-                    result.step_logits.append(step_logits.clone())
-                if on_token is not None:
-                    on_token(token)
-                if token in eos_ids or step == max_new_tokens - 1:
-                    break
-                out = self.model(input_ids=torch.tensor([[token]]), cache=cache, use_cache=True)
-                step_logits, cache = out.logits[0, -1], out.cache
-        result.decode_seconds = time.perf_counter() - start
-        return result
+            out = self.model(input_ids=torch.tensor([[token]]), cache=self.cache, use_cache=True)
+        self.cache = out.cache
+        return out.logits[0, -1].float().numpy()
 
 
 def eos_token_ids(model, tokenizer) -> set[int]:

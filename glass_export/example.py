@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from .errors import GlassExportError
-from .io_utils import atomic_directory
+from .models.adapter import SUPPORTED_MODEL_TYPES
+from .outputs import OutputPlan
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")
+FAMILIES = tuple(SUPPORTED_MODEL_TYPES)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 
@@ -94,20 +95,25 @@ def build_model(family: str = "llama", seed: int = 0, vocab_size: int = 384, **o
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     # The default init (std 0.02) gives near-uniform next-token distributions;
-    # a larger spread makes the tiny model's outputs depend on its FFN neurons.
+    # a larger spread makes the tiny model's outputs depend on its FFN neurons. Norm weights vary
+    # around their identity value as in trained models (all-equal weights would make quantised
+    # activations land exactly on rounding ties, which real models almost never do).
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
         for name, param in model.named_parameters():
             if param.ndim == 2:
                 param.copy_(torch.randn(param.shape, generator=gen) * (1.0 / param.shape[1] ** 0.5))
+            elif "norm" in name:
+                param.add_(0.1 * torch.randn(param.shape, generator=gen))
     return model.eval()
 
 
 def write_example(out: Path, family: str = "llama", seed: int = 0, force: bool = False) -> Path:
     """Write out/model (weights, config, tokenizer) and out/corpus.txt; returns the model dir."""
+    plan = OutputPlan(Path(out), kind="example", force=force)
     tokenizer = build_tokenizer()
     model = build_model(family, seed=seed, vocab_size=len(tokenizer))
-    with atomic_directory(Path(out), force=force) as tmp:
+    with plan.directory() as tmp:
         model.save_pretrained(tmp / "model")
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "corpus.txt").write_text(corpus_text(), encoding="utf-8")

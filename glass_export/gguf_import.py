@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import GlassExportError
-from .io_utils import atomic_directory
+from .outputs import OutputPlan
 from .models.adapter import SUPPORTED_MODEL_TYPES
 
 SOURCE_FILE = "gguf_source.json"
@@ -54,6 +54,7 @@ def convert_gguf(gguf_path: Path, out: Path, force: bool = False) -> dict:
 
     gguf_path = Path(gguf_path)
     check_gguf_file(gguf_path)
+    plan = OutputPlan(Path(out), kind="model", force=force, inputs=[gguf_path])
     folder, name = str(gguf_path.parent), gguf_path.name
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
@@ -85,7 +86,7 @@ def convert_gguf(gguf_path: Path, out: Path, force: bool = False) -> dict:
         "model_type": config.model_type,
         "note": "weights dequantised from the GGUF file to float32 by transformers",
     }
-    with atomic_directory(out, force=force) as tmp:
+    with plan.directory() as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")

@@ -1,70 +1,36 @@
-"""Output helpers: nothing half-written ever appears under the user's path."""
+"""Reading the user's text files: UTF-8 text and JSONL, with clear errors for damaged ones."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import tempfile
+import json
 from pathlib import Path
 
+from .errors import GlassExportError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def jsonl_records(path: Path):
+def read_text(path: Path, what: str) -> str:
+    """The whole file as UTF-8 text; a missing or non-UTF-8 file is a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlassExportError(f"{what} {path} does not exist", f"pass an existing {what}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise GlassExportError(f"{what} {path} is not UTF-8 text (line {line}, byte {exc.start})",
+                               "convert the file to UTF-8 (e.g. iconv -t UTF-8)") from exc
+    except OSError as exc:
+        raise GlassExportError(f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def jsonl_records(path: Path, what: str):
     """Yield (line number, parsed JSON value) for each non-blank line; a bad line is a clear error."""
-    import json
-
-    from .errors import GlassExportError
-
-    with open(path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path):
-    """Yield a temporary file path beside `path`; rename it over `path` only on success."""
-    path = Path(path)
-    if path.is_dir():
-        from .errors import GlassExportError
-
-        raise GlassExportError(f"{path} is a directory", "pass a file path for the output")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-@contextlib.contextmanager
-def atomic_directory(path: Path, force: bool = False):
-    """Yield a temporary directory beside `path`; it replaces `path` only on success."""
-    from .errors import GlassExportError
-
-    path = Path(path)
-    if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-        if not force:
-            raise GlassExportError(f"output directory {path} is not empty", "choose a new path or pass --force")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)  # mkdtemp creates 0700
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    for line_no, line in enumerate(read_text(path, what).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GlassExportError(f"{path}:{line_no} is not valid JSON ({exc.msg})", "fix or remove the line") from exc

@@ -15,7 +15,6 @@ import torch
 
 from . import __version__
 from .errors import GlassExportError
-from .io_utils import atomic_output
 from .models import ModelInfo
 
 FORMAT_VERSION = 1
@@ -48,11 +47,11 @@ class Priors:
         }
 
     def save(self, path: str | Path) -> None:
+        """Write the file at path (callers writing for the user go through outputs.OutputPlan)."""
         from safetensors.torch import save_file
 
         tensors = {name: self.tensor(name).float().contiguous() for name in PRIOR_NAMES}
-        with atomic_output(Path(path)) as tmp:
-            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.metadata())})
+        save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(self.metadata())})
 
     def check_matches(self, info: ModelInfo, source: str = "priors") -> None:
         """Refuse priors computed for another model."""

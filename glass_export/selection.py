@@ -24,18 +24,34 @@ import torch
 from .errors import GlassExportError
 
 LAMBDA_SCALE = 1000
-
-# Method name -> (prior used for the global ranks or None, fixed lambda or None = user's).
-METHODS: dict[str, tuple[str | None, float | None]] = {
-    "dense": (None, None),
-    "griffin": (None, 1.0),
-    "static-a": ("activation", 0.0),
-    "static-i": ("impact", 0.0),
-    "a-glass": ("activation", None),
-    "i-glass": ("impact", None),
-    "random": (None, None),
-}
 DEFAULT_LAMBDA = 0.5
+
+
+@dataclass(frozen=True)
+class Method:
+    """One selection method: every rule about it lives here."""
+
+    name: str
+    prior: str | None  # the global prior whose ranks it uses ("activation" | "impact")
+    fixed_lambda: float | None  # griffin 1, static 0; None: the user's lambda or none at all
+    takes_lambda: bool  # a-glass / i-glass: --lambda applies
+    sparse_decode: bool  # False only for dense
+    summary: str
+
+    @property
+    def needs_priors(self) -> bool:
+        return self.prior is not None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("dense", None, None, False, False, "every neuron (the dense twin)"),
+    Method("griffin", None, 1.0, False, True, "prompt only (lambda 1)"),
+    Method("static-a", "activation", 0.0, False, True, "activation prior only (lambda 0, prompt-independent)"),
+    Method("static-i", "impact", 0.0, False, True, "impact prior only (lambda 0, prompt-independent)"),
+    Method("a-glass", "activation", None, True, True, "A-GLASS: prompt + activation prior, fused by rank"),
+    Method("i-glass", "impact", None, True, True, "I-GLASS: prompt + impact prior, fused by rank"),
+    Method("random", None, None, False, True, "a seeded random k-subset per layer (the floor)"),
+)}
 
 
 def keep_count(density: float, intermediate_size: int) -> int:
@@ -165,25 +181,32 @@ class SelectionConfig:
                 f"unknown method {self.method!r}", f"choose one of: {', '.join(METHODS)}"
             )
         check_density(self.density)
-        fixed = METHODS[self.method][1]
         if self.lam is not None:
-            if fixed is not None or self.method in ("dense", "random"):
+            if not self.spec.takes_lambda:
+                takers = " and ".join(m.name for m in METHODS.values() if m.takes_lambda)
                 raise GlassExportError(
                     f"lambda does not apply to method {self.method!r}",
-                    "only a-glass and i-glass take --lambda; drop it or pick one of those",
+                    f"only {takers} take --lambda; drop it or pick one of those",
                 )
             lambda_units(self.lam)
 
     @property
+    def spec(self) -> Method:
+        return METHODS[self.method]
+
+    @property
     def prior_name(self) -> str | None:
-        return METHODS[self.method][0]
+        return self.spec.prior
+
+    @property
+    def sparse_decode(self) -> bool:
+        return self.spec.sparse_decode
 
     @property
     def effective_lambda(self) -> float | None:
-        fixed = METHODS[self.method][1]
-        if fixed is not None:
-            return fixed
-        if self.method in ("a-glass", "i-glass"):
+        if self.spec.fixed_lambda is not None:
+            return self.spec.fixed_lambda
+        if self.spec.takes_lambda:
             return DEFAULT_LAMBDA if self.lam is None else self.lam
         return None
 
@@ -193,17 +216,29 @@ class SelectionConfig:
         return lam is not None and lam > 0
 
     def keep_count(self, intermediate_size: int) -> int:
-        if self.method == "dense":
+        if not self.sparse_decode:
             return intermediate_size
         return keep_count(self.density, intermediate_size)
 
     def describe(self) -> str:
-        if self.method == "dense":
+        if not self.sparse_decode:
             return "dense"
         text = f"{self.method} density={self.density:g}"
-        if self.method in ("a-glass", "i-glass"):
+        if self.spec.takes_lambda:
             text += f" lambda={self.effective_lambda:g}"
         return text
+
+    def to_dict(self, intermediate_size: int) -> dict:
+        """The manifest's record: the choice and what it implies for this model."""
+        return {"method": self.method, "density": self.density if self.sparse_decode else 1.0,
+                "lambda": self.effective_lambda, "seed": self.seed, "k": self.keep_count(intermediate_size),
+                "m": intermediate_size, "sparse_decode": self.sparse_decode}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SelectionConfig":
+        method = METHODS.get(data.get("method"))
+        lam = data.get("lambda") if method is not None and method.takes_lambda else None
+        return cls(data.get("method"), data.get("density", 1.0), lam, data.get("seed", 0))
 
 
 def select(config: SelectionConfig, local: torch.Tensor | None, prior: torch.Tensor | None, m: int, num_layers: int) -> torch.Tensor:
@@ -222,7 +257,7 @@ def select_with_ranks(config: SelectionConfig, local: torch.Tensor | None, globa
     rank_fn ranks the local scores: ranks() in eager PyTorch, ranks_by_topk() in exported graphs.
     """
     k = config.keep_count(m)
-    if config.method == "dense":
+    if not config.sparse_decode:
         return torch.arange(m, dtype=torch.int64).expand(num_layers, m).clone()
     if config.method == "random":
         return random_selection(num_layers, m, k, config.seed)

@@ -3,7 +3,7 @@
 # of the Android demo against the golden data the Python suite wrote.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+GLASS_CROSS_TOOLS=1 bash scripts/setup.sh
 bash runtime_ops/build.sh
 .venv/bin/python -m pytest -q "$@"
 status=0

@@ -8,9 +8,10 @@ from click.testing import CliRunner
 
 from glass_export.calibration import compute_priors
 from glass_export.cli import main
-from glass_export.evaluation import evaluate, plan_runs
+from glass_export.evaluation import eager_backends, evaluate, plan_runs
 from glass_export.example import build_model
-from glass_export.models import ffn_layers
+from glass_export.models import ffn_layers, model_info
+from glass_export.quantization import QuantScheme
 from glass_export.selection import SelectionConfig
 
 PROMPTS = [[1, 40, 71, 100, 5, 9], [1, 300, 12, 77, 150, 8, 22]]
@@ -22,15 +23,20 @@ def priors(llama, tokenizer):
     return compute_priors(llama, torch.randint(4, len(tokenizer), (4, 24), generator=gen).tolist())
 
 
+def eager(model, priors=None, quant=QuantScheme()):
+    return eager_backends(model, priors, quant, model_info(model))
+
+
 def test_full_density_matches_dense_and_kl_is_never_negative(llama, priors):
     runs = [SelectionConfig("dense"), SelectionConfig("griffin", 1.0), SelectionConfig("i-glass", 1.0, 0.5),
             SelectionConfig("griffin", 0.5), SelectionConfig("random", 0.25), SelectionConfig("static-a", 0.5)]
-    results = evaluate(llama, priors, PROMPTS, runs, 16)
+    results = evaluate(llama, PROMPTS, runs, 16, eager(llama, priors))
     dense, griffin_full, iglass_full = results[:3]
     for full in (griffin_full, iglass_full):
-        assert full.kl <= 1e-6  # only float noise between cached decode and one full forward
+        assert abs(full.kl) <= 1e-6  # only float noise between cached decode and one full forward
         assert full.perplexity == pytest.approx(dense.perplexity, rel=1e-5)
-    assert all(r.kl >= 0 for r in results)
+    # KL is not clamped: a sign error in the formula would make these negative
+    assert all(r.kl > 1e-4 for r in results[3:])
     assert results[3].kl > 1e-4  # density 0.5 really changes the distribution
     assert results[5].vs_griffin_kl == pytest.approx(results[5].kl / results[3].kl - 1)
 
@@ -45,10 +51,19 @@ def test_random_is_not_better_than_griffin_when_a_few_neurons_matter(tokenizer):
     with torch.no_grad():
         for ffn in ffn_layers(model):
             ffn.up.mul_(scale[:, None])
-    results = evaluate(model, None, PROMPTS, [SelectionConfig("griffin", 0.25), SelectionConfig("random", 0.25)], 16)
+    results = evaluate(model, PROMPTS, [SelectionConfig("griffin", 0.25), SelectionConfig("random", 0.25)], 16,
+                       eager(model))
     griffin, random = results
     assert random.kl > 2 * griffin.kl, (random.kl, griffin.kl)
     assert random.perplexity >= griffin.perplexity * 0.9
+
+
+def test_quantised_eval_measures_the_quantisation_error(llama):
+    """KL of dense int4 against fp32 dense: positive, and larger than int8's."""
+    runs = [SelectionConfig("dense")]
+    kl = {weights: evaluate(llama, PROMPTS, runs, 12, eager(llama, quant=QuantScheme(weights)))[0].kl
+          for weights in ("fp32", "int8", "int4")}
+    assert abs(kl["fp32"]) < 1e-6 < kl["int8"] < kl["int4"], kl
 
 
 def test_plan_runs_sweeps_lambda_only_for_glass():

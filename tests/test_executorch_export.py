@@ -11,6 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from glass_export.artifact import load_manifest
 from glass_export.cli import main
 from glass_export.eager import GlassModel
 from glass_export.errors import GlassExportError
@@ -52,7 +53,7 @@ def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
     method = {"gemma": "a-glass", "qwen3": "static-a"}.get(family, "i-glass")
     config = SelectionConfig(method, 0.5, 0.6 if method.endswith("glass") else None)
     manifest = export_artifact(root / "model", root / "priors.safetensors", config, "executorch", out, max_seq_len=64)
-    assert manifest["target"] == "executorch" and (out / "model.pte").is_file()
+    assert manifest.target == "executorch" and (out / "model.pte").is_file()
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, ATOL))
 
 
@@ -61,19 +62,17 @@ def test_decode_reads_the_cache_prefill_wrote(untied_artifact, untied_dir):
     eager = GlassModel(load_model(untied_dir / "model"), SelectionConfig("griffin", 0.5))
     results = {}
     for name, prompt in (("a", [1, 40, 71, 100, 5]), ("b", [1, 300, 12, 77, 150])):
-        pre = backend.prefill(prompt)
-        logits, _ = backend.decode(17, len(prompt), pre.indices, None)  # same token, same position
-        want_logits, cache, _, indices = eager.prefill(torch.tensor([prompt]))
-        with torch.no_grad(), eager.sparse(indices):
-            want = eager.model(input_ids=torch.tensor([[17]]), cache=cache, use_cache=True).logits[0, -1]
-        np.testing.assert_allclose(logits, want.numpy(), atol=ATOL, rtol=0)
+        backend.prefill(prompt)
+        logits = backend.decode(17)  # same token, same position
+        eager.prefill(prompt)
+        np.testing.assert_allclose(logits, eager.decode(17), atol=ATOL, rtol=0)
         results[name] = logits
     # Only the cache differs between the two decode calls: decode must have read it.
     assert np.abs(results["a"] - results["b"]).max() > 1e-3
 
 
 def test_pte_holds_the_weights_once(untied_artifact, untied_dir):
-    manifest = json.loads((untied_artifact / "glass.json").read_text())["executorch"]
+    manifest = load_manifest(untied_artifact).runtime
     model = load_model(untied_dir / "model")
     ffn_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if ".mlp." in n)
     pte = (untied_artifact / "model.pte").stat().st_size
@@ -107,3 +106,13 @@ def test_missing_kernel_library_says_how_to_build(untied_artifact, monkeypatch, 
     monkeypatch.setattr(native, "_loaded", {})
     with pytest.raises(GlassExportError, match="(?s)needs the glass kernels.*runtime_ops/build.sh"):
         open_artifact(untied_artifact)
+
+
+def test_threads_and_no_native_reach_executorch(untied_artifact):
+    """run --threads sets ExecuTorch's one thread pool; --no-native is refused (no fallback exists)."""
+    with open_artifact(untied_artifact, threads=1) as one:
+        assert one.threads == 1 and "1 threads" in one.description
+    with open_artifact(untied_artifact, threads=2) as two:
+        assert two.threads == 2
+    with pytest.raises(GlassExportError, match="no fallback"):
+        open_artifact(untied_artifact, use_native=False)

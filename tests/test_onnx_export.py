@@ -1,36 +1,43 @@
-"""Two-graph ONNX export of tiny models of every family, verified against eager PyTorch.
+"""Two-graph ONNX export of tiny models of every family, fp32 / int8 / int4, verified against eager PyTorch.
 
-Tolerances: fp32 logits within 1e-4 absolute at prefill and at every decode step,
-identical kept-index sets, identical greedy tokens for 32 steps.
+Tolerances (glass_export.verify): fp32 logits within 1e-4 absolute at prefill and every decode step
+(measured ~3e-6); int8/int4 with int8 activations within 5e-2 against the scheme's eager reference
+(measured ~2e-6 except where float reduction order moves an activation across an int8 rounding
+boundary, ~3e-2 on these tiny models); kept sets identical or differing by ties only; every greedy
+token the reference's choice or a near-tie.
 """
 
 import json
 import shutil
 
+import numpy as np
 import onnx
 import pytest
 import torch
 from click.testing import CliRunner
 
+from glass_export.artifact import load_manifest
 from glass_export.calibration import compute_priors
 from glass_export.cli import main
 from glass_export.errors import GlassExportError
 from glass_export.example import FAMILIES, build_model
 from glass_export.export import export_artifact
-from glass_export.export.onnx_export import INLINE_LIMIT
+from glass_export.export.onnx_graph import INLINE_LIMIT
+from glass_export.generation import generate
+from glass_export.models import load_model
 from glass_export.prompts import builtin_prompts
-from glass_export.runtime import generate, open_artifact
+from glass_export.quantization import QuantScheme
+from glass_export.runtime import open_artifact
 from glass_export.selection import SelectionConfig
 from glass_export.verify import verify_artifact
 
-ATOL = 1e-4
 STEPS = 32
 
 
-def save_family(tmp_path_factory, tokenizer, family, seed=0):
+def save_family(tmp_path_factory, tokenizer, family, seed=0, **overrides):
     """A saved tiny model of the family and its priors file."""
     root = tmp_path_factory.mktemp(family)
-    model = build_model(family, seed=seed, vocab_size=len(tokenizer))
+    model = build_model(family, seed=seed, vocab_size=len(tokenizer), **overrides)
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     gen = torch.Generator().manual_seed(1)
@@ -39,11 +46,12 @@ def save_family(tmp_path_factory, tokenizer, family, seed=0):
     return root
 
 
-def assert_matches_eager(report, steps=STEPS, atol=ATOL):
-    """Every prompt: logits within atol at prefill and each step, same indices, same greedy tokens."""
+def assert_matches_eager(report, steps=STEPS):
+    """Every prompt passed (tolerances in the module docstring) over all its steps."""
     for row in report["prompts"]:
-        assert row["prefill_max_abs_diff"] <= atol and max(row["step_max_abs_diff"]) <= atol, row
-        assert row["indices_identical"] and row["first_token_mismatch"] is None and row["tokens_compared"] == steps, row
+        assert row["passed"] and row["selection"] != "mismatch", row
+        assert row["first_token_mismatch"] is None and row["tokens_compared"] == min(steps, row["tokens_expected"]), row
+        assert max(row["step_max_abs_diff"]) <= report["atol"] and row["prefill_max_abs_diff"] <= report["atol"], row
     assert report["passed"]
 
 
@@ -60,24 +68,26 @@ def llama_artifact(llama_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.parametrize("weights", ["fp32", "int8", "int4"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
+def test_every_family_and_scheme_exports_and_verifies(family, weights, tokenizer, tmp_path_factory):
     root = save_family(tmp_path_factory, tokenizer, family)
-    out = root / "artifact"
-    method = {"gemma": "a-glass", "phi3": "griffin"}.get(family, "i-glass")
+    out = root / f"artifact-{weights}"
+    method = {"gemma": "a-glass", "phi3": "griffin", "qwen3": "static-i"}.get(family, "i-glass")
     config = SelectionConfig(method, 0.5, 0.4 if method.endswith("glass") else None)
-    manifest = export_artifact(root / "model", root / "priors.safetensors", config, "onnx", out, max_seq_len=64)
-    assert manifest["selection"]["k"] == 128 and manifest["model"]["model_type"] == family
-    # Both ways GatherFFN runs: the native ORT kernel, and the model-local function on a stock ORT.
-    native = verify_artifact(out, root / "model", builtin_prompts()[:3], STEPS, ATOL)
+    manifest = export_artifact(root / "model", root / "priors.safetensors", config, "onnx", out, max_seq_len=64,
+                               quant=QuantScheme(weights))
+    assert manifest.k == 128 and manifest.model.model_type == family and manifest.quant.weights == weights
+    # Both ways the glass ops run: the native ORT kernels, and the model-local functions on a stock ORT.
+    native = verify_artifact(out, root / "model", builtin_prompts()[:3], STEPS, None)
     assert_matches_eager(native)
-    assert native["op_implementation"].startswith("native (") and "libglass_ort_ops.so" in native["op_implementation"]
-    fallback = verify_artifact(out, root / "model", builtin_prompts()[:3], STEPS, ATOL, use_native=False)
+    assert native["runs_on"].startswith("onnx, native kernels (libglass_ort_ops.so")
+    fallback = verify_artifact(out, root / "model", builtin_prompts()[:3], STEPS, None, use_native=False)
     assert_matches_eager(fallback)
-    assert fallback["op_implementation"] == "ONNX function fallback"
+    assert fallback["runs_on"] == "onnx, function fallback (stock onnxruntime ops)"
 
 
-def test_graphs_names_and_custom_op(llama_artifact):
+def test_graphs_use_fused_ops_and_the_glass_op(llama_artifact):
     prefill = onnx.load(str(llama_artifact / "prefill.onnx"), load_external_data=False)
     decode = onnx.load(str(llama_artifact / "decode.onnx"), load_external_data=False)
     assert [i.name for i in prefill.graph.input] == ["input_ids"]
@@ -85,50 +95,72 @@ def test_graphs_names_and_custom_op(llama_artifact):
                                                             "present.0.key", "present.0.value"]
     assert [i.name for i in decode.graph.input][:5] == ["input_ids", "position_ids", "glass_indices",
                                                         "past_key_values.0.key", "past_key_values.0.value"]
-    gathers = [n for n in decode.graph.node if n.domain == "glass" and n.op_type == "GatherFFN"]
-    assert len(gathers) == 2  # one per layer
+    ops = [n.op_type for n in decode.graph.node]
+    assert ops.count("GatherFFN") == 2 and ops.count("GroupQueryAttention") == 2  # one per layer
+    assert len(decode.graph.node) <= 20 * 2  # a lean graph: ~14 nodes a layer
     assert [(f.domain, f.name) for f in decode.functions] == [("glass", "GatherFFN")]
-    for name in ("prefill.onnx", "decode.onnx"):
-        onnx.checker.check_model(str(llama_artifact / name))
-    manifest = json.loads((llama_artifact / "glass.json").read_text())
-    assert manifest["onnx"]["custom_op"] == {"domain": "glass", "op_type": "GatherFFN", "version": 1}
-    assert "tokenizer.json" in manifest["tokenizer"]["files"] and (llama_artifact / "tokenizer.json").is_file()
+    manifest = load_manifest(llama_artifact)
+    assert manifest.runtime["custom_ops"] == ["glass.GatherFFN"] and manifest.native_library == "libglass_ort_ops.so"
+    assert "tokenizer.json" in manifest.tokenizer.files and (llama_artifact / "tokenizer.json").is_file()
+    assert manifest.graphs["decode"]["nodes"] == len(decode.graph.node)
+
+
+def weight_bytes(model_dir) -> int:
+    model = load_model(model_dir)
+    unique = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
+    return sum(b for b in unique.values() if b >= INLINE_LIMIT)
 
 
 def test_weights_are_stored_once(llama_artifact, llama_dir):
-    from glass_export.models import load_model
-
-    model = load_model(llama_dir / "model")
-    unique = {p.data_ptr(): p.numel() * p.element_size() for p in model.parameters()}
-    weight_bytes = sum(b for b in unique.values() if b >= INLINE_LIMIT)
+    weights = weight_bytes(llama_dir / "model")
     data = (llama_artifact / "model.onnx.data").stat().st_size
-    # one copy of the weights (plus alignment padding), though both graphs read the FFN weights
-    assert weight_bytes <= data <= weight_bytes * 1.02 + 64 * 64, (data, weight_bytes)
-    manifest = json.loads((llama_artifact / "glass.json").read_text())
-    assert manifest["onnx"]["weights_bytes_referenced_by_graphs"] > 1.3 * manifest["onnx"]["weights_bytes"]
+    # one copy of the weights (plus alignment padding and the rotary tables), though both graphs read them
+    assert weights <= data <= weights * 1.05 + 64 * 64, (data, weights)
+    manifest = load_manifest(llama_artifact)
+    assert manifest.runtime["weights_bytes_referenced_by_graphs"] > 1.3 * manifest.runtime["weights_bytes"]
     for name in ("prefill.onnx", "decode.onnx"):
         graph = onnx.load(str(llama_artifact / name), load_external_data=False).graph
-        large_inline = [i.name for i in graph.initializer if len(i.raw_data) >= INLINE_LIMIT]
-        assert large_inline == []
+        assert [i.name for i in graph.initializer if len(i.raw_data) >= INLINE_LIMIT] == []
         assert {e.value for i in graph.initializer for e in i.external_data if e.key == "location"} == {"model.onnx.data"}
 
 
-def test_dense_twin_uses_the_same_path_and_no_gather(llama_dir, tmp_path):
-    out = tmp_path / "dense"
-    manifest = export_artifact(llama_dir / "model", None, SelectionConfig("dense"), "onnx", out, max_seq_len=64)
-    assert manifest["selection"]["k"] == manifest["selection"]["m"] and not manifest["selection"]["sparse_decode"]
+def test_int4_artifact_is_small_and_its_tied_table_is_stored_once(llama_dir, tmp_path):
+    """The embedding lookup (GatherBlockQuantized) and the LM head (MatMulNBits) read one quantised table."""
+    out = tmp_path / "int4"
+    manifest = export_artifact(llama_dir / "model", None, SelectionConfig("griffin", 0.5), "onnx", out, max_seq_len=64,
+                               quant=QuantScheme("int4"))
     decode = onnx.load(str(out / "decode.onnx"), load_external_data=False)
-    assert not [n for n in decode.graph.node if n.domain == "glass"]
-    assert verify_artifact(out, llama_dir / "model", builtin_prompts()[:2], STEPS, ATOL)["passed"]
+    gather = next(n for n in decode.graph.node if n.op_type == "GatherBlockQuantized")
+    head = [n for n in decode.graph.node if n.op_type == "MatMulNBits"][-1]
+    reshape = next(n for n in decode.graph.node if n.output[0] == gather.input[0])
+    assert reshape.input[0] == head.input[1] and gather.input[2] == head.input[2]  # same codes, same scales
+    assert {n.op_type for n in decode.graph.node} >= {"GatherFFNQ", "MatMulNBits", "GatherBlockQuantized"}
+    ratio = manifest.runtime["weights_bytes"] / weight_bytes(llama_dir / "model")
+    assert ratio <= 0.2, ratio  # 4-bit codes + a float scale per 32: 0.156 of fp32, plus the rotary tables
+
+
+def test_dense_twin_uses_the_same_path_and_no_gather(llama_dir, tmp_path):
+    for weights in ("fp32", "int4"):
+        out = tmp_path / f"dense-{weights}"
+        manifest = export_artifact(llama_dir / "model", None, SelectionConfig("dense"), "onnx", out, max_seq_len=64,
+                                   quant=QuantScheme(weights))
+        assert manifest.k == manifest.m and not manifest.selection.sparse_decode
+        decode = onnx.load(str(out / "decode.onnx"), load_external_data=False)
+        ops = {n.op_type for n in decode.graph.node}
+        assert not ops & {"GatherFFN", "GatherFFNQ"}
+        assert ("FFNDownQ" in ops) == (weights == "int4")
+        assert verify_artifact(out, llama_dir / "model", builtin_prompts()[:2], STEPS, None)["passed"]
 
 
 def test_cli_export_run_verify(llama_dir, tmp_path):
     runner = CliRunner()
     out = tmp_path / "art"
     args = ["export", "--model", str(llama_dir / "model"), "--priors", str(llama_dir / "priors.safetensors"),
-            "--method", "static-i", "--density", "0.25", "--max-seq-len", "48", "--out", str(out)]
+            "--method", "static-i", "--density", "0.25", "--quant", "int4", "--group-size", "64",
+            "--max-seq-len", "48", "--out", str(out)]
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
+    assert "int4 (group 64, accuracy level 4)" in result.output
     result = runner.invoke(main, ["run", "--artifact", str(out), "--prompt", "Tell me a story", "--max-new-tokens", "5"])
     assert result.exit_code == 0 and "k=64/256" in result.output and "tokens/s" in result.output, result.output
     result = runner.invoke(main, ["verify", "--artifact", str(out), "--model", str(llama_dir / "model"), "--json",
@@ -136,39 +168,111 @@ def test_cli_export_run_verify(llama_dir, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert report["passed"] and len(report["prompts"]) == len(builtin_prompts())
+    assert report["quantization"]["group_size"] == 64 and report["atol"] == 5e-2
     # the existing directory is refused without --force and left as it was
     before = sorted(p.name for p in out.iterdir())
     result = runner.invoke(main, args)
-    assert result.exit_code == 1 and "not empty" in result.output and "--force" in result.output
+    assert result.exit_code == 1 and "already exists" in result.output and "--force" in result.output
     assert sorted(p.name for p in out.iterdir()) == before
     assert runner.invoke(main, args + ["--force"]).exit_code == 0
 
 
-def test_bad_artifacts_are_refused(llama_artifact, llama_dir, tmp_path, tokenizer):
+@pytest.mark.parametrize("args, message", [
+    (["--group-size", "48"], "'48' is not one of"),
+    (["--quant", "int3"], "'int3' is not one of"),
+    (["--accuracy-level", "2"], "'2' is not one of"),
+])
+def test_cli_refuses_bad_schemes(llama_dir, tmp_path, args, message):
+    result = CliRunner().invoke(main, ["export", "--model", str(llama_dir / "model"), "--method", "griffin", *args,
+                                       "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_group_size_that_does_not_divide_the_hidden_size_says_what_would(tokenizer, tmp_path_factory, tmp_path):
+    root = save_family(tmp_path_factory, tokenizer, "llama", hidden_size=96, num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(GlassExportError, match=r"(?s)hidden size \(96\) is not a multiple of --group-size 64.*group-size 32"):
+        export_artifact(root / "model", None, SelectionConfig("griffin", 0.5), "onnx", tmp_path / "x",
+                        max_seq_len=32, quant=QuantScheme("int4", 64))
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_artifacts_are_refused(llama_artifact, llama_dir, tmp_path, tokenizer, tmp_path_factory):
     broken = tmp_path / "broken"
     shutil.copytree(llama_artifact, broken)
     (broken / "decode.onnx").unlink()
     with pytest.raises(GlassExportError, match="missing decode.onnx"):
         open_artifact(broken)
-    old = tmp_path / "old"
-    shutil.copytree(llama_artifact, old)
-    manifest = json.loads((old / "glass.json").read_text())
-    manifest["format_version"] = 99
-    (old / "glass.json").write_text(json.dumps(manifest))
-    with pytest.raises(GlassExportError, match="manifest version 99"):
-        open_artifact(old)
+    for edit, message in [
+        (lambda m: m.update(format_version=99), "manifest version 99"),
+        (lambda m: m["selection"].update(k=17), r"selection.k = 17, but method, density"),
+        (lambda m: m.pop("kv_cache"), "lacks or garbles a field"),
+    ]:
+        edited = tmp_path / f"edited{len(message)}"
+        shutil.copytree(llama_artifact, edited)
+        manifest = json.loads((edited / "glass.json").read_text())
+        edit(manifest)
+        (edited / "glass.json").write_text(json.dumps(manifest))
+        with pytest.raises(GlassExportError, match=message):
+            open_artifact(edited)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(llama_artifact, truncated)
+    data = truncated / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:-100])
+    with pytest.raises(GlassExportError, match="cut short"):
+        open_artifact(truncated)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(llama_artifact, corrupt)
+    raw = bytearray((corrupt / "model.onnx.data").read_bytes())
+    raw[1000] ^= 0xFF
+    (corrupt / "model.onnx.data").write_bytes(bytes(raw))
+    open_artifact(corrupt)  # sizes match: run starts quickly...
+    with pytest.raises(GlassExportError, match="does not match the sha256"):
+        verify_artifact(corrupt, llama_dir / "model", ["hi"], 2, None)  # ...verify hashes every file
     with pytest.raises(GlassExportError, match="no glass.json"):
         open_artifact(tmp_path)
     backend = open_artifact(llama_artifact)
     with pytest.raises(GlassExportError, match="more than the exported maximum of 64"):
         generate(backend, list(range(4, 80)), 4)
-    other = save_family(tmp_path_factory_for(tmp_path), tokenizer, "llama", seed=7)
+    other = save_family(tmp_path_factory, tokenizer, "llama", seed=7)
     with pytest.raises(GlassExportError, match="exported from another model"):
-        verify_artifact(llama_artifact, other / "model", ["hi"], 2, ATOL)
+        verify_artifact(llama_artifact, other / "model", ["hi"], 2, None)
     with pytest.raises(GlassExportError, match="another model"):
         export_artifact(other / "model", llama_dir / "priors.safetensors", SelectionConfig("i-glass", 0.5), "onnx",
                         tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_verify_separates_ties_from_mismatches():
+    from glass_export.verify import classify_selection
+
+    want = np.array([[0, 1, 2, 3]])
+    scores = np.array([[9.0, 8.0, 7.0, 6.0, 6.0 - 1e-7, 1.0]])
+    noisy = scores + np.array([[0, 0, 0, 0, 2e-7, 0]])
+    tie = classify_selection(np.array([[0, 1, 2, 4]]), want, noisy, scores)
+    assert tie[0] == "ties only" and tie[1] == 1 and tie[2][0]["tie"]
+    wrong = classify_selection(np.array([[0, 1, 2, 5]]), want, noisy, scores)  # neuron 5 scores 1.0: no tie
+    assert wrong[0] == "mismatch"
+    assert classify_selection(want, want, scores, scores)[0] == "identical"
+
+
+def test_verify_clamps_steps_to_the_artifact_and_fails_a_corrupted_decode(llama_artifact, llama_dir, tmp_path):
+    report = verify_artifact(llama_artifact, llama_dir / "model", ["Tell me about rivers"], 500, None)
+    row = report["prompts"][0]
+    assert report["passed"] and row["tokens_expected"] == 64 - row["prompt_tokens"] + 1 == row["tokens_compared"]
+    # a wrong decode graph (weights of another layer) is caught even though prefill and selection agree
+    bad = tmp_path / "bad"
+    shutil.copytree(llama_artifact, bad)
+    decode = onnx.load(str(bad / "decode.onnx"), load_external_data=False)
+    gathers = [n for n in decode.graph.node if n.op_type == "GatherFFN"]
+    gathers[0].input[1], gathers[1].input[1] = gathers[1].input[1], gathers[0].input[1]
+    onnx.save(decode, str(bad / "decode.onnx"))
+    manifest = json.loads((bad / "glass.json").read_text())
+    manifest["checksums"].pop("decode.onnx")
+    (bad / "glass.json").write_text(json.dumps(manifest))
+    report = verify_artifact(bad, llama_dir / "model", ["Tell me about rivers"], 8, None)
+    row = report["prompts"][0]
+    assert not report["passed"] and row["selection"] == "identical" and max(row["step_max_abs_diff"]) > 1e-2
 
 
 def test_interrupted_export_leaves_nothing(llama_dir, tmp_path, monkeypatch):
@@ -177,17 +281,7 @@ def test_interrupted_export_leaves_nothing(llama_dir, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(onnx_export, "share_weights", fail)
+    monkeypatch.setattr(onnx_export, "check_loads", fail)
     with pytest.raises(KeyboardInterrupt):
         export_artifact(llama_dir / "model", None, SelectionConfig("griffin", 0.5), "onnx", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
-
-
-def tmp_path_factory_for(tmp_path):
-    class Factory:
-        def mktemp(self, name):
-            path = tmp_path / name
-            path.mkdir()
-            return path
-
-    return Factory()

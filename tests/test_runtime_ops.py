@@ -210,16 +210,41 @@ def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
         native.onnxruntime_ops_library()
 
 
-def test_kernel_core_fuzz_under_address_sanitizer():
-    """Builds the compute core with ASan + UBSan and runs the randomised cases under it."""
-    env = {"GLASS_ASAN": "1", "PATH": "/usr/bin:/bin"}
-    build = subprocess.run(["bash", str(ROOT / "runtime_ops/build.sh")], capture_output=True, text=True,
-                           env={**__import__("os").environ, **env})
+@pytest.fixture(scope="module")
+def asan_build():
+    """The compute cores built with ASan + UBSan (runtime_ops/build-asan)."""
+    env = {**__import__("os").environ, "GLASS_ASAN": "1", "PATH": "/usr/bin:/bin"}
+    build = subprocess.run(["bash", str(ROOT / "runtime_ops/build.sh")], capture_output=True, text=True, env=env)
     assert build.returncode == 0, build.stdout + build.stderr
-    run = subprocess.run([str(ROOT / "runtime_ops/build-asan/gather_ffn_fuzz"), "400"], capture_output=True, text=True)
+    return ROOT / "runtime_ops/build-asan"
+
+
+def test_kernel_core_fuzz_under_address_sanitizer(asan_build):
+    run = subprocess.run([str(asan_build / "gather_ffn_fuzz"), "400"], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "400 passed, 0 failed" in run.stdout
     assert "AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr
+
+
+def test_quantised_kernel_fuzz_under_address_sanitizer(asan_build):
+    """Every SIMD variant this CPU runs against a float64 reference on the dequantised weights."""
+    run = subprocess.run([str(asan_build / "quant_ffn_fuzz"), "300"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "scalar: 300 passed, 0 failed" in run.stdout and "avx2: 300 passed, 0 failed" in run.stdout
+    assert "AddressSanitizer" not in run.stderr and "runtime error" not in run.stderr
+
+
+def test_arm64_kernels_under_qemu():
+    """The NEON and NEON-dotprod kernels phones run, cross-built and run under qemu-user."""
+    build = subprocess.run(["bash", str(ROOT / "runtime_ops/build_arm64.sh")], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    for program, expected in (("quant_ffn_fuzz", ["neon: 300 passed, 0 failed", "neon-dotprod: 300 passed, 0 failed"]),
+                              ("gather_ffn_fuzz", ["300 passed, 0 failed"])):
+        run = subprocess.run(["qemu-aarch64-static", "-L", "/usr/aarch64-linux-gnu",
+                              str(ROOT / "runtime_ops/build-arm64" / program), "300"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        for line in expected:
+            assert line in run.stdout, run.stdout
 
 
 class DensePrefillFFN(torch.nn.Module):
@@ -249,3 +274,100 @@ def test_dense_prefill_ops_match_reference_in_torch_and_executorch(executorch_ke
         torch.testing.assert_close(y, want_y, atol=ATOL, rtol=RTOL)
     with pytest.raises(ValueError, match="ffn_down"):
         torch.ops.glass.ffn_down(want_z, dt[:10])
+
+
+# --- quantised ops: native ORT kernels and the function fallbacks against a numpy reference ----------
+
+def quant_case(seed, d=64, m=24, bits=4, group=32):
+    from glass_export.quantization import quantize_rows
+
+    rng = np.random.default_rng(seed)
+    gate_up = quantize_rows(rng.standard_normal((2 * m, d)).astype(np.float32) / d**0.5, bits, group)
+    down = quantize_rows(rng.standard_normal((m, d)).astype(np.float32) / d**0.5, bits, group)
+    return rng.standard_normal((1, 3, d)).astype(np.float32), gate_up, down
+
+
+def quant_reference(x, gate_up, down, idx, activation, accuracy):
+    """float64 FFN over the dequantised rows, with the kernels' view of x."""
+    from glass_export.quantization import dequantize_rows, fake_quantize_activations
+
+    if accuracy == 4:
+        x = fake_quantize_activations(torch.from_numpy(x), gate_up.group_size).numpy()
+    gu, dn = dequantize_rows(gate_up).astype(np.float64), dequantize_rows(down).astype(np.float64)
+    g, u = x @ gu[0::2][idx].T, x @ gu[1::2][idx].T
+    act = g / (1 + np.exp(-g)) if activation == 0 else 0.5 * g * (1 + np.tanh((2 / np.pi) ** 0.5 * (g + 0.044715 * g**3)))
+    return (act * u) @ dn[idx]
+
+
+def quant_session(op_type, bits, group, accuracy, activation, native_library):
+    """A one-node model of a quantised glass op with its function fallback, native kernel optional."""
+    from onnx import TensorProto, helper
+
+    if op_type == "GatherFFNQ":
+        inputs = ["x", "gu", "gus", "dn", "dns", "idx"]
+        attrs = dict(activation=activation, bits=bits, block_size=group, accuracy_level=accuracy)
+        types = [TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT,
+                 TensorProto.INT64]
+    else:
+        inputs = ["x", "dn", "dns"]
+        attrs = dict(bits=bits, block_size=group)
+        types = [TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT]
+    node = helper.make_node(op_type, inputs, ["y"], domain="glass", **attrs)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, t, None) for n, t in zip(inputs, types)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("glass", 1)],
+                              functions=[onnx_ops.fallback_function(op_type, activation, 21, bits, group, accuracy)])
+    options = ort.SessionOptions()
+    if native_library is not None:
+        options.register_custom_ops_library(str(native_library))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("bits, group, accuracy", [(4, 32, 4), (4, 64, 1), (8, 32, 4), (8, 32, 1)])
+@pytest.mark.parametrize("activation", [0, 1])
+def test_quantised_gather_ffn_native_and_fallback_match_the_reference(onnxruntime_kernel, bits, group, accuracy,
+                                                                     activation):
+    m = 24
+    x, gu, dn = quant_case(bits * 10 + group, m=m, bits=bits, group=group)
+    feeds = {"x": x, "gu": gu.blocked_codes(), "gus": gu.scales, "dn": dn.blocked_codes(), "dns": dn.scales}
+    for library in (onnxruntime_kernel, None):
+        session = quant_session("GatherFFNQ", bits, group, accuracy, activation, library)
+        for idx in (np.array([3, 7, 8, 20]), np.arange(m), np.array([5]), np.array([4, 4, 9])):  # duplicates count twice
+            got = session.run(None, {**feeds, "idx": idx})[0]
+            np.testing.assert_allclose(got, quant_reference(x, gu, dn, idx, activation, accuracy), atol=1e-4, rtol=1e-4)
+        for bad in (-1, m, 1 << 40):  # refused by the native kernel and by the function alike
+            with pytest.raises(Exception, match="out of range|out of bounds|indices"):
+                session.run(None, {**feeds, "idx": np.array([0, bad])})
+
+
+def test_quantised_ffn_down_native_and_fallback_match_the_reference(onnxruntime_kernel):
+    from glass_export.quantization import dequantize_rows
+
+    for bits in (4, 8):
+        _, _, dn = quant_case(bits, m=40, bits=bits)
+        z = np.random.default_rng(bits).standard_normal((1, 5, 40)).astype(np.float32)
+        want = z.astype(np.float64) @ dequantize_rows(dn).astype(np.float64)
+        for library in (onnxruntime_kernel, None):
+            session = quant_session("FFNDownQ", bits, 32, 4, 0, library)
+            got = session.run(None, {"x": z, "dn": dn.blocked_codes(), "dns": dn.scales})[0]
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+        with pytest.raises(Exception, match="disagree|FFNDownQ"):
+            quant_session("FFNDownQ", bits, 32, 4, 0, onnxruntime_kernel).run(
+                None, {"x": z[..., :30], "dn": dn.blocked_codes(), "dns": dn.scales})
+
+
+def test_fp32_fallback_refuses_negative_indices_like_the_kernel():
+    x, gu, dt, idx = random_case(3, d=32, m=48, k=20)
+    program = torch.onnx.export(GatherFFN(gu, dt, 0).eval(), (x, idx), dynamo=True, optimize=False,
+                                custom_translation_table=onnx_ops.translation_table(), verbose=False)
+    session = ort.InferenceSession(onnx_ops.add_function_fallback(program.model_proto).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    wrong = idx.clone()
+    wrong[0] = -1
+    with pytest.raises(Exception, match="out of bounds|indices"):
+        session.run(None, {names[0]: x.numpy(), names[1]: wrong.numpy()})
+
+
+def test_kernel_variant_is_reported():
+    assert native.quant_kernels_name() in ("avx512vnni", "avx2", "neon-dotprod", "neon", "scalar")

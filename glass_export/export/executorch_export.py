@@ -12,56 +12,55 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ..models import model_info
-from ..selection import SelectionConfig, ranks
+from ..artifact import TARGET_FILES, KVLayout
+from . import ExportContext, RecipeOutput
 from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model
-from .manifest import PRIORS_NAME, Step, kv_layout
 
-PTE_FILE = "model.pte"
+STEPS = ("preparing graphs", "exporting prefill graph", "exporting decode graph", "lowering to XNNPACK",
+         "writing program")
+WEIGHT_SCHEMES = ("fp32",)
 EXECUTORCH_KERNEL_LIBRARY = "libglass_et_ops.so"
+PTE_FILE = TARGET_FILES["executorch"]["program"]
 
 
-def export_executorch(model, config: SelectionConfig, priors, out: Path, max_seq_len: int, step: Step) -> dict:
+def export(ctx: ExportContext) -> RecipeOutput:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from executorch.exir.passes import MemoryPlanningPass
 
-    info = model_info(model)
-    m, num_layers = info.intermediate_size, info.num_layers
-    global_rank = ranks(priors.tensor(config.prior_name)) if config.prior_name else None
+    model, config, max_seq_len = ctx.model, ctx.selection, ctx.max_seq_len
+    m, num_layers = ctx.info.intermediate_size, ctx.info.num_layers
     k = config.keep_count(m)
-    kv = kv_layout(model)
+    kv = KVLayout.of(model.config, "")
 
-    step("preparing graphs")
+    ctx.step("preparing graphs")
     graph_lm, context = graph_model(model, dense_ops=True)
-    static_kv = StaticKV(model.config, max_seq_len, kv["num_kv_heads"], kv["head_dim"])
-    prefill = PrefillGraph(graph_lm, context, config, global_rank, m, kv=static_kv).eval()
-    decode = DecodeGraph(graph_lm, context, sparse=config.method != "dense", kv=static_kv).eval()
+    static_kv = StaticKV(model.config, max_seq_len, kv.num_kv_heads, kv.head_dim)
+    prefill = PrefillGraph(graph_lm, context, config, ctx.global_rank, m, kv=static_kv).eval()
+    decode = DecodeGraph(graph_lm, context, sparse=config.sparse_decode, kv=static_kv).eval()
     example_ids = torch.tensor([[1, 2, 3, 4, 5]]) % model.config.vocab_size
     with torch.no_grad():
         _, _, example_indices = prefill(example_ids)
 
-    step("exporting prefill graph")
+    ctx.step("exporting prefill graph")
     seq = torch.export.Dim("seq", min=1, max=max_seq_len)
     with torch.no_grad():
         prefill_ep = torch.export.export(prefill, (example_ids,), dynamic_shapes=({1: seq},), strict=False)
-    step("exporting decode graph")
+    ctx.step("exporting decode graph")
     position = torch.tensor([[example_ids.shape[1]]])
     with torch.no_grad():
         decode_ep = torch.export.export(decode, (example_ids[:, :1], position, example_indices), strict=False)
 
-    step("lowering to XNNPACK")
+    ctx.step("lowering to XNNPACK")
     constant_methods = {
         "get_max_seq_len": max_seq_len,
         "get_vocab_size": model.config.vocab_size,
         "get_n_layers": num_layers,
         "get_k": k,
         "get_m": m,
-        "get_sparse_decode": config.method != "dense",
+        "get_sparse_decode": config.sparse_decode,
     }
     edge = to_edge_transform_and_lower(
         {"prefill": prefill_ep, "decode": decode_ep},
@@ -75,10 +74,8 @@ def export_executorch(model, config: SelectionConfig, priors, out: Path, max_seq
             emit_mutable_buffer_names=True,
         )
     )
-    step("writing program")
-    (out / PTE_FILE).write_bytes(program.buffer)
-    if priors is not None:
-        priors.save(out / PRIORS_NAME)
+    ctx.step("writing program")
+    (ctx.out / PTE_FILE).write_bytes(program.buffer)
 
     weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
     graphs = {
@@ -98,27 +95,21 @@ def export_executorch(model, config: SelectionConfig, priors, out: Path, max_seq
                 "input_ids": "int64 [1, 1]",
                 "position_ids": "int64 [1, 1] (= tokens already in the cache)",
                 "glass_indices": f"int64 [{num_layers}, {k}] from prefill"
-                + ("" if config.method != "dense" else " (unused by the dense FFN)"),
+                + ("" if config.sparse_decode else " (unused by the dense FFN)"),
             },
             "outputs": {"logits": "float32 [1, 1, vocab]"},
             "state": "reads the KV cache, writes position position_ids",
         },
     }
-    return dict(
-        target="executorch", info=info, config=config, k=k, max_seq_len=max_seq_len,
-        kv={**kv, "storage": "mutable buffers shared by both methods"}, graphs=graphs, files={"program": PTE_FILE},
-        priors=None if priors is None else {"file": PRIORS_NAME, "tokens": priors.tokens, "corpus": priors.corpus},
-        extra={
-            "executorch": {
-                "backend": "XNNPACK (CPU), fp32",
-                "custom_ops": ["glass::gather_ffn.out", "glass::ffn_up.out", "glass::ffn_down.out"],
-                "kernel_library": EXECUTORCH_KERNEL_LIBRARY,
-                "constant_methods": sorted(constant_methods),
-                "pte_bytes": len(program.buffer),
-                "model_weight_bytes": weight_bytes,
-                "quantization": "none: the gather kernel is fp32 only (int8/int4 weights not implemented yet)",
-                "npu_prompt_buckets": "decode is static; prefill would need fixed-length buckets for NPUs "
-                "(e.g. T in 32/64/128/256 with padding and an attention mask)",
-            }
-        },
-    )
+    runtime = {
+        "runtime": "executorch (XNNPACK delegate + glass kernels)",
+        "backend": "XNNPACK (CPU), fp32",
+        "custom_ops": ["glass::gather_ffn.out", "glass::ffn_up.out", "glass::ffn_down.out"],
+        "native_library": EXECUTORCH_KERNEL_LIBRARY,
+        "constant_methods": sorted(constant_methods),
+        "pte_bytes": len(program.buffer),
+        "model_weight_bytes": weight_bytes,
+        "npu_prompt_buckets": "decode is static; prefill would need fixed-length buckets for NPUs "
+                              "(e.g. T in 32/64/128/256 with padding and an attention mask)",
+    }
+    return RecipeOutput(graphs, runtime, kv_storage="mutable buffers shared by both methods")

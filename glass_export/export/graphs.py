@@ -141,7 +141,8 @@ class PrefillGraph(torch.nn.Module):
         else:
             self.global_rank = None
         if config.method == "random":
-            # a constant of the graph: torch.export cannot trace a seeded randperm
+            # a constant of the graph: torch.export cannot trace a seeded randperm (selection.select_with_ranks
+            # draws the same set)
             self.register_buffer("fixed_indices", random_selection(self.num_layers, m, self.k, config.seed))
 
     def forward(self, input_ids):

@@ -64,6 +64,7 @@ class FFNLayer:
     down: torch.Tensor  # [d, m]
     activation: str  # "silu" | "gelu_tanh"
     act_fn: torch.nn.Module  # the model's own activation module (bit-exact with its forward)
+    input_quant_group: int | None = None  # quantised reference: gate/up see int8-quantised inputs
 
     @property
     def down_input_module(self) -> torch.nn.Module:
@@ -111,6 +112,14 @@ def check_supported_config(config) -> str:
     return ACTIVATIONS[hf_act]
 
 
+def sliding_window(config) -> int | None:
+    """The attention window of a model whose layers (some or all) attend to recent tokens only."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
 def decoder_layers(model) -> list:
     try:
         return list(model.model.layers)
@@ -128,10 +137,11 @@ def ffn_layers(model) -> list[FFNLayer]:
         if layout == "fused_gate_up":
             m = mlp.down_proj.weight.shape[1]
             gate, up = mlp.gate_up_proj.weight[:m], mlp.gate_up_proj.weight[m:]
-            act_fn = mlp.activation_fn
+            act_fn, gate_module = mlp.activation_fn, mlp.gate_up_proj
         else:
-            gate, up, act_fn = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.act_fn
-        result.append(FFNLayer(mlp, gate, up, mlp.down_proj.weight, activation, act_fn))
+            gate, up, act_fn, gate_module = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.act_fn, mlp.gate_proj
+        group = getattr(gate_module, "activation_group", None)  # set on quantization.QuantizedLinear
+        result.append(FFNLayer(mlp, gate, up, mlp.down_proj.weight, activation, act_fn, group))
     return result
 
 
@@ -178,14 +188,22 @@ def load_model(path: str | os.PathLike, dtype: str = "float32"):
         raise GlassExportError(f"unknown dtype {dtype!r}", f"choose one of: {', '.join(DTYPES)}")
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
-        raise GlassExportError(f"cannot read the model config in {path}: {exc}") from exc
+    except Exception as exc:  # transformers raises OSError, ValueError, JSON and encoding errors
+        raise GlassExportError(f"cannot read the model config {path / 'config.json'}: {type(exc).__name__}: {exc}",
+                               "restore config.json from the model's source") from exc
     check_supported_config(config)
+    if not any(path.glob("*.safetensors")):
+        raise GlassExportError(f"{path} has no .safetensors weights",
+                               "glass-export loads only safetensors (never pickled .bin files): convert the weights, "
+                               "e.g. save_pretrained(..., safe_serialization=True)")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as exc:
+        # safetensors only (no pickle) and never the repository's own code
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=DTYPES[dtype],
+                                                     use_safetensors=True, trust_remote_code=False)
+    except Exception as exc:  # truncated or corrupt files, weights that do not fit the config, ...
         raise GlassExportError(
-            f"cannot load a causal LM from {path}: {exc}", "the directory needs config.json and model weights"
+            f"cannot load the model in {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+            "the weights are damaged or do not match config.json: restore them from the model's source",
         ) from exc
     return model.eval()
 
@@ -196,8 +214,9 @@ def load_tokenizer(path: str | os.PathLike):
     path = Path(path)
     _check_model_dir(path)
     try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizers raises its own exception types for damaged files
         raise GlassExportError(
-            f"no usable tokenizer in {path}: {exc}", "save the tokenizer next to the model (tokenizer.json)"
+            f"no usable tokenizer in {path}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+            "save the tokenizer next to the model (tokenizer.json) with save_pretrained()"
         ) from exc

@@ -6,56 +6,59 @@ from pathlib import Path
 
 import numpy as np
 
+from ..artifact import Manifest
 from ..errors import GlassExportError
-from .backend import Backend, PrefillResult
+from ..generation import Backend, PrefillResult
 
 
 class OnnxBackend(Backend):
-    def __init__(self, directory: Path, manifest: dict, use_native: bool = True, threads: int | None = None):
+    def __init__(self, directory: Path, manifest: Manifest, use_native: bool = True, threads: int | None = None):
         import onnxruntime as ort
 
         from glass_ops import native
 
-        self.directory = directory
-        self.manifest = manifest
+        super().__init__()
+        self.directory, self.manifest = directory, manifest
+        self.max_seq_len = manifest.max_seq_len
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         self.native_library = None
-        library = manifest["onnx"].get("native_library")
-        if use_native and library:
-            path = native.find_library(library)
+        if use_native and manifest.native_library:
+            path = native.find_library(manifest.native_library)
             if path is not None:
                 options.register_custom_ops_library(str(path))
                 self.native_library = path
         try:
-            self.prefill_session = ort.InferenceSession(
-                str(directory / manifest["files"]["prefill"]), options, providers=["CPUExecutionProvider"]
-            )
-            self.decode_session = ort.InferenceSession(
-                str(directory / manifest["files"]["decode"]), options, providers=["CPUExecutionProvider"]
-            )
+            self.prefill_session = ort.InferenceSession(str(directory / manifest.files["prefill"]), options,
+                                                        providers=["CPUExecutionProvider"])
+            self.decode_session = ort.InferenceSession(str(directory / manifest.files["decode"]), options,
+                                                       providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise GlassExportError(f"onnxruntime cannot load {directory}: {exc}", "re-export the artifact") from exc
-        kv = manifest["kv_cache"]
-        self.past_names, self.present_names = kv["past_names"], kv["present_names"]
+        if self.native_library is not None:
+            self.description = f"onnx, native kernels ({self.native_library.name}, {native.quant_kernels_name()})"
+        else:
+            self.description = "onnx, function fallback (stock onnxruntime ops)"
+        self.past_names, self.present_names = manifest.kv.past_names, manifest.kv.present_names
+        self._past: list[np.ndarray] = []
 
-    @property
-    def op_implementation(self) -> str:
-        return f"native ({self.native_library.name})" if self.native_library else "ONNX function fallback"
+    def _prefill(self, ids: list[int]) -> PrefillResult:
+        logits, local, indices, *present = self.prefill_session.run(None, {"input_ids": np.array([ids], dtype=np.int64)})
+        self._past = present
+        return PrefillResult(logits[0], indices, local)
 
-    def prefill(self, ids: list[int]) -> PrefillResult:
-        outputs = self.prefill_session.run(None, {"input_ids": np.array([ids], dtype=np.int64)})
-        logits, local, indices, *present = outputs
-        return PrefillResult(logits[0], indices, local, present)
-
-    def decode(self, token: int, position: int, indices: np.ndarray, state):
+    def _decode(self, token: int, position: int, indices: np.ndarray) -> np.ndarray:
         feeds = {
             "input_ids": np.array([[token]], dtype=np.int64),
             "position_ids": np.array([[position]], dtype=np.int64),
             "glass_indices": indices,
-            **dict(zip(self.past_names, state)),
+            **dict(zip(self.past_names, self._past)),
         }
-        logits, *present = self.decode_session.run(None, feeds)
-        return logits[0, -1], present
+        logits, *self._past = self.decode_session.run(None, feeds)
+        return logits[0, -1]
+
+    def close(self) -> None:
+        self.prefill_session = self.decode_session = None
+        self._past = []

@@ -8,6 +8,6 @@ op; `native.load_executorch_kernels()` loads the compiled ExecuTorch kernel.
 """
 
 from . import torch_ops  # noqa: F401  (registers torch.ops.glass.gather_ffn)
-from .torch_ops import ACTIVATION_CODES, gather_ffn, pack_ffn_weights
+from .torch_ops import ACTIVATION_CODES, pack_ffn_weights
 
-__all__ = ["ACTIVATION_CODES", "gather_ffn", "pack_ffn_weights"]
+__all__ = ["ACTIVATION_CODES", "pack_ffn_weights"]

@@ -1,4 +1,4 @@
-"""Finding and loading the compiled glass::gather_ffn libraries (built by runtime_ops/build.sh)."""
+"""Finding and loading the compiled glass op libraries (built by runtime_ops/build.sh)."""
 
 from __future__ import annotations
 
@@ -56,5 +56,12 @@ def load_executorch_kernels() -> Path:
     return path
 
 
-def executorch_kernels_available() -> bool:
-    return find_library(EXECUTORCH_LIB) is not None
+def quant_kernels_name() -> str:
+    """The quantised kernels' SIMD variant this CPU runs ("avx512vnni", "avx2", "neon-dotprod", ...)."""
+    for name in (ONNX_RUNTIME_LIB, EXECUTORCH_LIB):
+        path = find_library(name)
+        if path is not None:
+            function = ctypes.CDLL(str(path)).glass_quant_kernels_name
+            function.restype = ctypes.c_char_p
+            return function().decode()
+    return "none"

@@ -1,4 +1,12 @@
-"""The torch.library definition of glass::gather_ffn: reference CPU kernel, fake kernel, .out variant."""
+"""The torch.library definitions of the glass ops: reference CPU kernels, fake kernels, .out variants.
+
+fp32: gather_ffn (decode), ffn_up / ffn_down (dense prefill halves) over neuron-contiguous weights.
+Quantised (`_q`): the same three over rows quantised along d in blocks (MatMulNBits' layout, see
+glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
+[rows, d / block], with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
+products see x quantised per block to int8 as MLAS's CompInt8 does. The references here define
+those semantics for PyTorch; the native kernels (src/quant_ffn.h) are held to them.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,12 @@ SCHEMAS = {
     # dense prefill in two halves reading the same tensors: z = act(x Wg^T) * (x Wu^T); y = z W_down^T
     "ffn_up": "Tensor x, Tensor w_gate_up, int activation",
     "ffn_down": "Tensor z, Tensor w_down_t",
+    # the quantised forms
+    "gather_ffn_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, Tensor down, Tensor down_scales, Tensor idx, "
+                    "int activation, int bits, int block_size, int accuracy_level",
+    "ffn_up_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, int activation, int bits, int block_size, "
+                "int accuracy_level",
+    "ffn_down_q": "Tensor z, Tensor down, Tensor down_scales, int bits, int block_size",
 }
 for _name, _args in SCHEMAS.items():
     torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
@@ -64,15 +78,82 @@ def ffn_down_reference(z, w_down_t):
     return z @ w_down_t
 
 
-REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference}
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
+    """codes uint8 [rows, blocks, blob], scales [rows, blocks] -> float32 [rows, blocks * block]."""
+    rows, blocks = codes.shape[0], codes.shape[1]
+    codes = codes.reshape(rows, blocks, -1)
+    if bits == 4:
+        codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).reshape(rows, blocks, -1)
+    values = (codes.to(torch.float32) - float(1 << (bits - 1))) * scales.reshape(rows, blocks, 1)
+    return values.reshape(rows, -1)
 
 
-def _output_shape(name, first, second):
-    if name == "gather_ffn":
-        return first.shape
+def quantize_activations(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """x as the int8 kernels see it: per block of the last dim, scale = amax / 127,
+    q = round-half-even(x * (127 / amax)); returns q * scale (MLAS CompInt8's rules)."""
+    shape = x.shape
+    blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size).float()
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    inverse = torch.where(amax != 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inverse)
+    return (q * (amax / 127.0)).reshape(shape).to(x.dtype)
+
+
+def _check_quant(name, bits, block_size, accuracy_level=4):
+    if bits not in (4, 8) or block_size not in (32, 64, 128, 256) or accuracy_level not in (1, 4):
+        raise ValueError(f"glass::{name}: bits 4 or 8, block_size 32/64/128/256 and accuracy_level 1 or 4 expected, "
+                         f"got {bits}, {block_size}, {accuracy_level}")
+
+
+def _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level, rows=None):
+    weights = dequantize(gate_up, gate_up_scales, bits)  # [2m, d]: gate_i, up_i interleaved
+    if rows is not None:
+        weights = weights.reshape(-1, 2, weights.shape[-1])[rows].reshape(-1, weights.shape[-1])
+    if accuracy_level == 4:
+        x = quantize_activations(x, block_size)
+    gate_and_up = (x @ weights.T).unflatten(-1, (-1, 2))
+    return _activate(activation, gate_and_up[..., 0]) * gate_and_up[..., 1]
+
+
+def gather_ffn_q_reference(x, gate_up, gate_up_scales, down, down_scales, idx, activation, bits, block_size,
+                           accuracy_level):
+    _check_quant("gather_ffn_q", bits, block_size, accuracy_level)
+    m = gate_up.shape[0] // 2
+    if idx.dtype != torch.int64 or idx.dim() != 1:
+        raise ValueError(f"glass::gather_ffn_q: idx must be int64 [k], got {idx.dtype} {tuple(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= m):
+        bad = idx[(idx < 0) | (idx >= m)][0]
+        raise IndexError(f"glass::gather_ffn_q: index {int(bad)} is out of range [0, {m})")
+    z = _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level, rows=idx)
+    return z @ dequantize(down, down_scales, bits)[idx]
+
+
+def ffn_up_q_reference(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level):
+    _check_quant("ffn_up_q", bits, block_size, accuracy_level)
+    return _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level)
+
+
+def ffn_down_q_reference(z, down, down_scales, bits, block_size):
+    _check_quant("ffn_down_q", bits, block_size)
+    return z @ dequantize(down, down_scales, bits)
+
+
+REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
+              "gather_ffn_q": gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
+              "ffn_down_q": ffn_down_q_reference}
+
+
+def _output_shape(name, args):
+    x, weights = args[0], args[1]
+    if name in ("gather_ffn", "gather_ffn_q"):
+        return x.shape
     if name == "ffn_up":
-        return (*first.shape[:-1], second.shape[0])
-    return (*first.shape[:-1], second.shape[1])
+        return (*x.shape[:-1], weights.shape[0])
+    if name == "ffn_up_q":
+        return (*x.shape[:-1], weights.shape[0] // 2)
+    if name == "ffn_down_q":
+        return (*x.shape[:-1], weights.shape[1] * args[4])  # blocks * block_size
+    return (*x.shape[:-1], weights.shape[1])
 
 
 def _register(name, ref):
@@ -85,7 +166,7 @@ def _register(name, ref):
         return out
 
     def fake(*args):
-        return args[0].new_empty(_output_shape(name, args[0], args[1]))
+        return args[0].new_empty(_output_shape(name, args))
 
     def out_fake(*args, out):
         return out
@@ -98,10 +179,6 @@ def _register(name, ref):
 
 for _name, _ref in REFERENCES.items():
     _register(_name, _ref)
-
-
-def gather_ffn(x, w_gate_up, w_down_t, idx, activation: int):
-    return torch.ops.glass.gather_ffn(x, w_gate_up, w_down_t, idx, activation)
 
 
 def pack_ffn_weights(gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

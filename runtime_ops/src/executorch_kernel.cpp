@@ -2,7 +2,9 @@
 //   glass::gather_ffn.out  decode FFN over the kept neurons
 //   glass::ffn_up.out      dense prefill, first half: z = act(x W_gate^T) * (x W_up^T)
 //   glass::ffn_down.out    dense prefill, second half: y = z W_down^T (w_down_t [m, d])
-// All three read the same neuron-contiguous tensors, so a program stores them once.
+//   glass::gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
+//                          rows (quant_ffn.h; semantics in glass_ops/torch_ops.py)
+// Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
 #include <executorch/runtime/core/exec_aten/util/tensor_util.h>
@@ -12,6 +14,7 @@
 #include <vector>
 
 #include "gather_ffn.h"
+#include "quant_ffn.h"
 
 namespace glass_et {
 
@@ -98,6 +101,90 @@ Tensor& ffn_down_out(KernelRuntimeContext& ctx, const Tensor& z, const Tensor& w
   return out;
 }
 
+// Quantised rows: codes uint8 [rows, blocks, blob], scales float [rows, blocks].
+bool quant_rows(const Tensor& codes, const Tensor& scales, int64_t bits, int64_t block, glass::QuantRows* out,
+                std::string* error) {
+  if (codes.scalar_type() != ScalarType::Byte || scales.scalar_type() != ScalarType::Float || codes.dim() != 3 ||
+      !tensor_is_contiguous(codes) || !tensor_is_contiguous(scales) || scales.numel() != codes.size(0) * codes.size(1)) {
+    *error = "codes must be contiguous uint8 [rows, blocks, blob] and scales float [rows, blocks]";
+    return false;
+  }
+  *error = glass::check_quant_layout(bits, block, codes.size(1) * block);
+  if (error->empty() && codes.size(2) != block * bits / 8) *error = "the codes' last dimension does not match block_size and bits";
+  if (!error->empty()) return false;
+  *out = glass::QuantRows{codes.const_data_ptr<uint8_t>(), scales.const_data_ptr<float>(), codes.size(1) * block,
+                          static_cast<int>(bits), block};
+  return true;
+}
+
+glass::KeptRowsCache& kept_rows_cache() {
+  static glass::KeptRowsCache cache;
+  return cache;
+}
+
+Tensor& gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gate_up, const Tensor& gate_up_scales,
+                         const Tensor& down, const Tensor& down_scales, const Tensor& idx, int64_t activation,
+                         int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &out}), "glass::gather_ffn_q: x and out must be contiguous float32");
+  GLASS_CHECK(idx.scalar_type() == ScalarType::Long && idx.dim() == 1 && tensor_is_contiguous(idx),
+              "glass::gather_ffn_q: idx must be a contiguous int64 [k]");
+  GLASS_CHECK(glass::valid_activation(activation) && glass::valid_accuracy(accuracy_level),
+              "glass::gather_ffn_q: activation must be 0 or 1 and accuracy_level 1 or 4");
+  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0, "glass::gather_ffn_q: gate_up must be [2m, blocks, blob]");
+  const int64_t m = gate_up.size(0) / 2;
+  glass::QuantRows gu, dn;
+  std::string error;
+  GLASS_CHECK(quant_rows(gate_up, gate_up_scales, bits, block_size, &gu, &error) &&
+                  quant_rows(down, down_scales, bits, block_size, &dn, &error),
+              "glass::gather_ffn_q: %s", error.c_str());
+  const int64_t d = gu.cols, k = idx.size(0);
+  GLASS_CHECK(down.size(0) == m && dn.cols == d && x.dim() >= 1 && x.size(x.dim() - 1) == d,
+              "glass::gather_ffn_q: x, gate_up and down disagree on m or d");
+  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "glass::gather_ffn_q: cannot resize out");
+  const int64_t* indices = idx.const_data_ptr<int64_t>();
+  const std::string bad = glass::check_indices(indices, k, m);
+  GLASS_CHECK(bad.empty(), "%s", bad.c_str());
+  const int64_t tokens = x.numel() / d;
+  const auto kept = kept_rows_cache().get(gu, dn, indices, k);
+  glass::gather_ffn_quant(x.const_data_ptr<float>(), tokens, kept->gate_up(), kept->down(), nullptr, k,
+                          static_cast<glass::Activation>(activation), static_cast<glass::Accuracy>(accuracy_level),
+                          out.mutable_data_ptr<float>(), glass::task_count_for(k, kMaxTasks, tokens * d), ExecuTorchFor{});
+  return out;
+}
+
+Tensor& ffn_up_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gate_up, const Tensor& gate_up_scales,
+                     int64_t activation, int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &out}), "glass::ffn_up_q: x and out must be contiguous float32");
+  GLASS_CHECK(glass::valid_activation(activation) && glass::valid_accuracy(accuracy_level),
+              "glass::ffn_up_q: activation must be 0 or 1 and accuracy_level 1 or 4");
+  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0, "glass::ffn_up_q: gate_up must be [2m, blocks, blob]");
+  glass::QuantRows gu;
+  std::string error;
+  GLASS_CHECK(quant_rows(gate_up, gate_up_scales, bits, block_size, &gu, &error), "glass::ffn_up_q: %s", error.c_str());
+  GLASS_CHECK(x.dim() >= 1 && x.size(x.dim() - 1) == gu.cols, "glass::ffn_up_q: x and gate_up disagree on d");
+  const int64_t m = gate_up.size(0) / 2;
+  GLASS_CHECK(resize_last_dim(x, m, out) == Error::Ok, "glass::ffn_up_q: cannot resize out");
+  glass::ffn_up_quant(x.const_data_ptr<float>(), x.numel() / gu.cols, gu, m, static_cast<glass::Activation>(activation),
+                      static_cast<glass::Accuracy>(accuracy_level), out.mutable_data_ptr<float>(),
+                      glass::task_count_for(m, kMaxTasks, 0), ExecuTorchFor{});
+  return out;
+}
+
+Tensor& ffn_down_q_out(KernelRuntimeContext& ctx, const Tensor& z, const Tensor& down, const Tensor& down_scales,
+                       int64_t bits, int64_t block_size, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&z, &out}), "glass::ffn_down_q: z and out must be contiguous float32");
+  glass::QuantRows dn;
+  std::string error;
+  GLASS_CHECK(quant_rows(down, down_scales, bits, block_size, &dn, &error), "glass::ffn_down_q: %s", error.c_str());
+  const int64_t m = down.size(0);
+  GLASS_CHECK(z.dim() >= 1 && z.size(z.dim() - 1) == m, "glass::ffn_down_q: z and down disagree on m");
+  GLASS_CHECK(resize_last_dim(z, dn.cols, out) == Error::Ok, "glass::ffn_down_q: cannot resize out");
+  const int64_t tokens = z.numel() / std::max<int64_t>(m, 1);
+  glass::ffn_down_quant(z.const_data_ptr<float>(), tokens, m, dn, out.mutable_data_ptr<float>(),
+                        glass::task_count_for(m, kMaxTasks, tokens * dn.cols), ExecuTorchFor{});
+  return out;
+}
+
 #undef GLASS_CHECK
 
 }  // namespace glass_et
@@ -105,3 +192,6 @@ Tensor& ffn_down_out(KernelRuntimeContext& ctx, const Tensor& z, const Tensor& w
 EXECUTORCH_LIBRARY(glass, "gather_ffn.out", glass_et::gather_ffn_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up.out", glass_et::ffn_up_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down.out", glass_et::ffn_down_out);
+EXECUTORCH_LIBRARY(glass, "gather_ffn_q.out", glass_et::gather_ffn_q_out);
+EXECUTORCH_LIBRARY(glass, "ffn_up_q.out", glass_et::ffn_up_q_out);
+EXECUTORCH_LIBRARY(glass, "ffn_down_q.out", glass_et::ffn_down_q_out);

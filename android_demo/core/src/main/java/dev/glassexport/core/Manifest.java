@@ -10,44 +10,85 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashSet;
+import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
 
-/** glass.json, the manifest glass-export writes beside every artifact. */
+/**
+ * glass.json, the manifest glass-export writes beside every artifact: the Java mirror of
+ * glass_export/artifact.py's Manifest (format version 2), field for field.
+ */
 public final class Manifest {
   public static final String FORMAT = "glass-export-artifact";
-  public static final int FORMAT_VERSION = 1;
+  public static final int FORMAT_VERSION = 2;
 
   public final Path directory;
+  public final String toolVersion;
   public final String target;
+  // model
+  public final String modelType;
+  public final int numLayers;
+  public final int hiddenSize;
+  public final int intermediateSize;
+  public final String activation;
+  public final String fingerprint;
+  // selection
   public final String method;
   public final double density;
   public final Double lambda;
+  public final long seed;
   public final int k;
   public final int m;
-  public final int numLayers;
+  public final boolean sparseDecode;
+  // quantization
+  public final String weights;
+  public final Integer bits;
+  public final Integer groupSize;
+  public final Integer accuracyLevel;
+  // limits and KV cache
   public final int maxSeqLen;
+  public final int numKvHeads;
+  public final int headDim;
   public final List<String> pastNames;
   public final List<String> presentNames;
+  // tokenizer
   public final Set<Long> eosTokenIds;
   public final Long bosTokenId;
   public final boolean addBos;
+  // files and runtime
+  public final Map<String, String> files;
+  public final Map<String, Long> fileBytes;
   public final String nativeLibrary;
-  public final JsonObject files;
 
   private Manifest(Path directory, JsonObject json) {
     this.directory = directory;
+    this.toolVersion = json.get("tool_version").getAsString();
     this.target = json.get("target").getAsString();
+    JsonObject model = json.getAsJsonObject("model");
+    this.modelType = model.get("model_type").getAsString();
+    this.numLayers = model.get("num_layers").getAsInt();
+    this.hiddenSize = model.get("hidden_size").getAsInt();
+    this.intermediateSize = model.get("intermediate_size").getAsInt();
+    this.activation = model.get("activation").getAsString();
+    this.fingerprint = model.get("fingerprint").getAsString();
     JsonObject selection = json.getAsJsonObject("selection");
     this.method = selection.get("method").getAsString();
     this.density = selection.get("density").getAsDouble();
     this.lambda = selection.get("lambda").isJsonNull() ? null : selection.get("lambda").getAsDouble();
+    this.seed = selection.get("seed").getAsLong();
     this.k = selection.get("k").getAsInt();
     this.m = selection.get("m").getAsInt();
+    this.sparseDecode = selection.get("sparse_decode").getAsBoolean();
+    JsonObject quant = json.getAsJsonObject("quantization");
+    this.weights = quant.get("weights").getAsString();
+    this.bits = quant.has("bits") ? quant.get("bits").getAsInt() : null;
+    this.groupSize = quant.has("group_size") ? quant.get("group_size").getAsInt() : null;
+    this.accuracyLevel = quant.has("accuracy_level") ? quant.get("accuracy_level").getAsInt() : null;
     this.maxSeqLen = json.get("max_seq_len").getAsInt();
     JsonObject kv = json.getAsJsonObject("kv_cache");
-    this.numLayers = kv.get("num_layers").getAsInt();
+    this.numKvHeads = kv.get("num_kv_heads").getAsInt();
+    this.headDim = kv.get("head_dim").getAsInt();
     this.pastNames = strings(kv.getAsJsonArray("past_names"));
     this.presentNames = strings(kv.getAsJsonArray("present_names"));
     JsonObject tokenizer = json.getAsJsonObject("tokenizer");
@@ -56,9 +97,16 @@ public final class Manifest {
     JsonElement bos = tokenizer.get("bos_token_id");
     this.bosTokenId = bos == null || bos.isJsonNull() ? null : bos.getAsLong();
     this.addBos = tokenizer.get("add_bos").getAsBoolean();
-    JsonObject onnx = json.has("onnx") ? json.getAsJsonObject("onnx") : null;
-    this.nativeLibrary = onnx != null && onnx.has("native_library") ? onnx.get("native_library").getAsString() : null;
-    this.files = json.getAsJsonObject("files");
+    this.files = new LinkedHashMap<>();
+    for (Map.Entry<String, JsonElement> file : json.getAsJsonObject("files").entrySet()) {
+      files.put(file.getKey(), file.getValue().getAsString());
+    }
+    this.fileBytes = new LinkedHashMap<>();
+    for (Map.Entry<String, JsonElement> file : json.getAsJsonObject("checksums").entrySet()) {
+      fileBytes.put(file.getKey(), file.getValue().getAsJsonObject().get("bytes").getAsLong());
+    }
+    JsonObject runtime = json.getAsJsonObject("runtime");
+    this.nativeLibrary = runtime.has("native_library") ? runtime.get("native_library").getAsString() : null;
   }
 
   private static List<String> strings(JsonArray array) {
@@ -67,7 +115,13 @@ public final class Manifest {
     return out;
   }
 
-  /** Reads and checks glass.json in an artifact directory: format, version, and that every file is there. */
+  /** k = round(density * m), halves up (glass_export.selection.keep_count); m for the dense twin. */
+  static int keepCount(boolean sparse, double density, int m) {
+    if (!sparse) return m;
+    return (int) Math.min(m, Math.max(1, Math.floor(density * m + 0.5)));
+  }
+
+  /** Reads and checks glass.json in an artifact directory: format, version, derived values, every file and its size. */
   public static Manifest load(Path directory) {
     Path path = directory.resolve("glass.json");
     if (!Files.isDirectory(directory)) {
@@ -97,11 +151,30 @@ public final class Manifest {
     } catch (RuntimeException e) {
       throw new GlassException(path + " lacks a field this app needs: " + e.getMessage(), "re-export the artifact", e);
     }
-    for (Map.Entry<String, JsonElement> file : manifest.files.entrySet()) {
-      if (!Files.isRegularFile(directory.resolve(file.getValue().getAsString()))) {
+    int expectedK = keepCount(manifest.sparseDecode, manifest.density, manifest.intermediateSize);
+    if (manifest.k != expectedK || manifest.m != manifest.intermediateSize) {
+      throw new GlassException(
+          path + " says k = " + manifest.k + ", m = " + manifest.m + ", but the density and the model give k = "
+              + expectedK + ", m = " + manifest.intermediateSize,
+          "re-export the artifact");
+    }
+    for (Map.Entry<String, String> file : manifest.files.entrySet()) {
+      if (!Files.isRegularFile(directory.resolve(file.getValue()))) {
         throw new GlassException(
-            "artifact " + directory + " is missing " + file.getValue().getAsString() + " (" + file.getKey() + ")",
+            "artifact " + directory + " is missing " + file.getValue() + " (" + file.getKey() + ")",
             "push the whole artifact directory");
+      }
+    }
+    for (Map.Entry<String, Long> file : manifest.fileBytes.entrySet()) {
+      Path p = directory.resolve(file.getKey());
+      try {
+        if (!Files.isRegularFile(p) || Files.size(p) != file.getValue()) {
+          throw new GlassException(
+              p + " is missing or has another size than the manifest recorded (" + file.getValue() + " bytes)",
+              "push the whole artifact directory again");
+        }
+      } catch (IOException e) {
+        throw new GlassException("cannot read " + p + ": " + e.getMessage(), "push the artifact again", e);
       }
     }
     if (!Files.isRegularFile(directory.resolve("tokenizer.json"))) {
@@ -111,6 +184,42 @@ public final class Manifest {
   }
 
   public Path file(String role) {
-    return directory.resolve(files.get(role).getAsString());
+    return directory.resolve(files.get(role));
+  }
+
+  /** The fields as one flat map, named as in glass.json: the cross-language test compares it with Python's reading. */
+  public Map<String, Object> fields() {
+    Map<String, Object> out = new LinkedHashMap<>();
+    out.put("tool_version", toolVersion);
+    out.put("target", target);
+    out.put("model.model_type", modelType);
+    out.put("model.num_layers", (long) numLayers);
+    out.put("model.hidden_size", (long) hiddenSize);
+    out.put("model.intermediate_size", (long) intermediateSize);
+    out.put("model.activation", activation);
+    out.put("model.fingerprint", fingerprint);
+    out.put("selection.method", method);
+    out.put("selection.density", density);
+    out.put("selection.lambda", lambda);
+    out.put("selection.seed", seed);
+    out.put("selection.k", (long) k);
+    out.put("selection.m", (long) m);
+    out.put("selection.sparse_decode", sparseDecode);
+    out.put("quantization.weights", weights);
+    out.put("quantization.bits", bits == null ? null : (long) bits);
+    out.put("quantization.group_size", groupSize == null ? null : (long) groupSize);
+    out.put("quantization.accuracy_level", accuracyLevel == null ? null : (long) accuracyLevel);
+    out.put("max_seq_len", (long) maxSeqLen);
+    out.put("kv_cache.num_layers", (long) numLayers);
+    out.put("kv_cache.num_kv_heads", (long) numKvHeads);
+    out.put("kv_cache.head_dim", (long) headDim);
+    out.put("kv_cache.past_names", pastNames);
+    out.put("kv_cache.present_names", presentNames);
+    out.put("tokenizer.bos_token_id", bosTokenId);
+    out.put("tokenizer.eos_token_ids", new ArrayList<>(new java.util.TreeSet<>(eosTokenIds)));
+    out.put("tokenizer.add_bos", addBos);
+    out.put("files", files);
+    out.put("runtime.native_library", nativeLibrary);
+    return out;
   }
 }

@@ -12,6 +12,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 
@@ -101,6 +102,50 @@ class GoldenTest {
     }
   }
 
+  /** Java and Python read glass.json the same way: every field, compared with what the Python side read. */
+  @Test
+  void manifestFieldsMatchPython() {
+    Map<String, Object> mine = Manifest.load(golden.resolve("artifact")).fields();
+    JsonObject python = data.getAsJsonObject("manifest_fields");
+    assertEquals(new java.util.TreeSet<>(python.keySet()), new java.util.TreeSet<>(mine.keySet()));
+    for (String key : python.keySet()) {
+      assertEquals(normalise(python.get(key)), normalise(new com.google.gson.Gson().toJsonTree(mine.get(key))), key);
+    }
+    assertEquals("int4", mine.get("quantization.weights"));
+  }
+
+  /** JSON numbers compared by value (Python writes 1.0 where Java reads 1). */
+  static Object normalise(JsonElement element) {
+    if (element == null || element.isJsonNull()) return null;
+    if (element.isJsonPrimitive() && element.getAsJsonPrimitive().isNumber()) return element.getAsDouble();
+    if (element.isJsonArray()) {
+      List<Object> out = new ArrayList<>();
+      for (JsonElement e : element.getAsJsonArray()) out.add(normalise(e));
+      return out;
+    }
+    if (element.isJsonObject()) {
+      Map<String, Object> out = new java.util.TreeMap<>();
+      for (Map.Entry<String, JsonElement> e : element.getAsJsonObject().entrySet()) out.put(e.getKey(), normalise(e.getValue()));
+      return out;
+    }
+    return element.getAsJsonPrimitive().isBoolean() ? (Object) element.getAsBoolean() : element.getAsString();
+  }
+
+  @Test
+  void editedManifestIsRefused() throws Exception {
+    Path copy = Files.createTempDirectory("artifact");
+    for (Path p : Files.list(golden.resolve("artifact")).toList()) Files.copy(p, copy.resolve(p.getFileName()));
+    String json = Files.readString(golden.resolve("artifact/glass.json")).replace("\"k\": 128", "\"k\": 17");
+    Files.writeString(copy.resolve("glass.json"), json);
+    GlassException edited = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
+    assertTrue(edited.getMessage().contains("says k = 17"), edited.getMessage());
+    Files.writeString(copy.resolve("glass.json"), Files.readString(golden.resolve("artifact/glass.json")));
+    byte[] weights = Files.readAllBytes(copy.resolve("model.onnx.data"));
+    Files.write(copy.resolve("model.onnx.data"), java.util.Arrays.copyOf(weights, weights.length - 10));
+    GlassException truncated = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
+    assertTrue(truncated.getMessage().contains("another size"), truncated.getMessage());
+  }
+
   @Test
   void samplerIsSeededAndTopKOneIsGreedy() {
     float[] logits = {0.1f, 2.0f, -1.0f, 1.9f, 0.5f};
@@ -121,7 +166,7 @@ class GoldenTest {
     Files.delete(copy.resolve("decode.onnx"));
     GlassException missing = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
     assertTrue(missing.getMessage().contains("missing decode.onnx"), missing.getMessage());
-    String json = Files.readString(golden.resolve("artifact/glass.json")).replace("\"format_version\": 1", "\"format_version\": 9");
+    String json = Files.readString(golden.resolve("artifact/glass.json")).replace("\"format_version\": 2", "\"format_version\": 9");
     Files.writeString(copy.resolve("glass.json"), json);
     GlassException version = org.junit.jupiter.api.Assertions.assertThrows(GlassException.class, () -> Manifest.load(copy));
     assertTrue(version.getMessage().contains("manifest version 9"), version.getMessage());

@@ -1,0 +1,202 @@
+"""Weight quantisation schemes: one definition for every exporter and for the eager reference.
+
+Every quantised weight is a matrix of rows quantised along its input dimension in blocks of
+`group_size`, with ONNX Runtime's own block quantiser (the C++ routine behind
+`MatMulNBitsQuantizer`): symmetric, one float scale a block, codes u stored unsigned with the
+implicit zero point Z = 8 (4-bit, two codes a byte, low nibble first) or 128 (8-bit), so that
+`weight = scale * (u - Z)`. That is MatMulNBits' layout `B [N, K / group, group * bits / 8]`, and
+the FFN's neuron-contiguous rows (gate/up rows of each neuron, W_down's columns) use the very same
+one, so the glass kernels and MatMulNBits read one copy.
+
+Activations: with `accuracy_level` 4 (the default) every quantised matmul quantises its input per
+block to int8 first, as MLAS's CompInt8 path does for MatMulNBits (scale = amax / 127,
+round-half-even of x * 127 / amax); the glass kernels do the same for gate and up, and multiply the
+float activation z by the dequantised W_down. `accuracy_level` 1 keeps activations in float.
+
+`quantize_model` builds the eager reference of a scheme: a copy of the model whose weights are the
+dequantised codes and whose quantised matmuls see the quantised activations, so an artifact and
+eager PyTorch compute the same thing up to float rounding. The kept neurons are therefore chosen
+from the quantised model's own activations, in the artifact and in the reference alike.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import GlassExportError
+
+WEIGHT_SCHEMES = ("fp32", "int8", "int4")
+GROUP_SIZES = (32, 64, 128, 256)
+ACCURACY_LEVELS = {1: "float32 activations", 4: "int8 activations (per block)"}
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    weights: str = "fp32"
+    group_size: int = 32
+    accuracy_level: int = 4
+
+    def __post_init__(self):
+        if self.weights not in WEIGHT_SCHEMES:
+            raise GlassExportError(f"unknown --quant {self.weights!r}", f"choose one of: {', '.join(WEIGHT_SCHEMES)}")
+        if self.group_size not in GROUP_SIZES:
+            raise GlassExportError(f"--group-size must be one of {', '.join(map(str, GROUP_SIZES))}, got {self.group_size}",
+                                   "32 is the usual choice (as llama.cpp's Q4_0 and ONNX Runtime GenAI's int4)")
+        if self.accuracy_level not in ACCURACY_LEVELS:
+            raise GlassExportError(f"--accuracy-level must be 1 or 4, got {self.accuracy_level}",
+                                   "4: int8 activations (fast), 1: float activations")
+
+    @property
+    def quantized(self) -> bool:
+        return self.weights != "fp32"
+
+    @property
+    def bits(self) -> int:
+        return {"int8": 8, "int4": 4}[self.weights]
+
+    @property
+    def int8_activations(self) -> bool:
+        return self.quantized and self.accuracy_level == 4
+
+    def check_dims(self, named_dims: dict[str, int]) -> None:
+        """Every quantised matmul's input dimension must be a multiple of the group size."""
+        if not self.quantized:
+            return
+        for name, size in named_dims.items():
+            if size % self.group_size:
+                fitting = [g for g in GROUP_SIZES if all(v % g == 0 for v in named_dims.values())]
+                fix = (f"use --group-size {' or '.join(map(str, fitting))}" if fitting
+                       else "this model's sizes fit no supported group size; export it with --quant fp32")
+                raise GlassExportError(f"the {name} ({size}) is not a multiple of --group-size {self.group_size}", fix)
+
+    def to_dict(self) -> dict:
+        if not self.quantized:
+            return {"weights": "fp32"}
+        return {"weights": self.weights, "bits": self.bits, "group_size": self.group_size, "symmetric": True,
+                "zero_point": 1 << (self.bits - 1), "scale_dtype": "float32", "accuracy_level": self.accuracy_level,
+                "activations": ACCURACY_LEVELS[self.accuracy_level]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantScheme":
+        if data.get("weights", "fp32") == "fp32":
+            return cls()
+        return cls(data["weights"], int(data["group_size"]), int(data["accuracy_level"]))
+
+    def describe(self) -> str:
+        if not self.quantized:
+            return "fp32"
+        return f"{self.weights} (group {self.group_size}, accuracy level {self.accuracy_level})"
+
+
+@dataclass
+class QuantizedRows:
+    """Rows quantised along their columns: codes [rows, cols * bits / 8], scales [rows, cols / group]."""
+
+    codes: np.ndarray
+    scales: np.ndarray
+    bits: int
+    group_size: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.codes.shape[0], self.codes.shape[1] * 8 // self.bits
+
+    def blocked_codes(self) -> np.ndarray:
+        """MatMulNBits' B: [rows, cols / group, group * bits / 8]."""
+        rows, cols = self.shape
+        return self.codes.reshape(rows, cols // self.group_size, self.group_size * self.bits // 8)
+
+
+def quantize_rows(weight: np.ndarray, bits: int, group_size: int) -> QuantizedRows:
+    """Quantise each row of weight [rows, cols] along cols with ONNX Runtime's block quantiser."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    rows, cols = weight.shape
+    if cols % group_size:
+        raise GlassExportError(f"internal: {cols} columns are not a multiple of the group size {group_size}")
+    blocks = cols // group_size
+    codes = np.zeros((rows, blocks, group_size * bits // 8), dtype=np.uint8)
+    scales = np.zeros((rows, blocks), dtype=np.float32)
+    zero_points = np.zeros((rows, blocks), dtype=np.uint8)  # unused: symmetric
+    quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    # ORT quantises B [K, N] column by column, i.e. our rows.
+    quantize(codes, np.ascontiguousarray(weight.T), scales, zero_points, group_size, rows, cols, True)
+    return QuantizedRows(codes.reshape(rows, -1), scales, bits, group_size)
+
+
+def dequantize_rows(q: QuantizedRows) -> np.ndarray:
+    """The float rows the codes stand for (glass_ops.torch_ops.dequantize: one definition)."""
+    from glass_ops.torch_ops import dequantize
+
+    return dequantize(torch.from_numpy(q.blocked_codes()), torch.from_numpy(q.scales), q.bits).numpy()
+
+
+def fake_quantize_activations(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x as the int8 kernels see it (MLAS CompInt8's rules); defined once in glass_ops."""
+    from glass_ops.torch_ops import quantize_activations
+
+    return quantize_activations(x, group_size)
+
+
+class QuantizedLinear(torch.nn.Module):
+    """The eager form of a quantised matmul: dequantised weight, optionally quantised input."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation_group: int | None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.activation_group = activation_group
+
+    def forward(self, x):
+        if self.activation_group is not None:
+            x = fake_quantize_activations(x, self.activation_group)
+        return F.linear(x, self.weight, self.bias)
+
+
+def dequantized(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
+    q = quantize_rows(weight.detach().float().cpu().numpy(), scheme.bits, scheme.group_size)
+    return torch.from_numpy(dequantize_rows(q))
+
+
+@torch.no_grad()
+def quantize_model(model, scheme: QuantScheme):
+    """The eager reference of `scheme`: a copy of model with every quantised matmul replaced
+    (the embedding and LM head too; a tied pair stays tied). fp32 returns model itself."""
+    if not scheme.quantized:
+        return model
+    from .models import decoder_layers
+
+    quantized = copy.deepcopy(model).eval()
+    group = scheme.group_size if scheme.int8_activations else None
+
+    def replace(parent, name: str, activation_group: int | None, transposed: bool = False):
+        linear = getattr(parent, name)
+        weight = dequantized(linear.weight.T, scheme).T.contiguous() if transposed else dequantized(linear.weight, scheme)
+        setattr(parent, name, QuantizedLinear(weight, linear.bias, activation_group))
+
+    for layer in decoder_layers(quantized):
+        attn, mlp = layer.self_attn, layer.mlp
+        for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"):
+            if hasattr(attn, name):
+                replace(attn, name, group)
+        for name in ("gate_proj", "up_proj", "gate_up_proj"):
+            if hasattr(mlp, name):
+                replace(mlp, name, group)
+        # W_down is stored neuron-contiguous (its columns, quantised along d); the glass kernels
+        # multiply the float z
+        replace(mlp, "down_proj", None, transposed=True)
+    embedding = quantized.get_input_embeddings()
+    head = quantized.get_output_embeddings()
+    tied = head.weight is embedding.weight
+    embedding.weight.data = dequantized(embedding.weight, scheme)
+    new_head = QuantizedLinear(embedding.weight.data if tied else dequantized(head.weight, scheme), None, group)
+    if tied:
+        new_head.weight = embedding.weight  # still one tensor, as in the artifact
+    quantized.lm_head = new_head
+    return quantized

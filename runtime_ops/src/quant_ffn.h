@@ -1,0 +1,471 @@
+// Quantised GLASS FFN compute core, shared by the ONNX Runtime and ExecuTorch kernels.
+//
+// Weights keep the neuron-contiguous layout of the fp32 ops, each row quantised along d in blocks,
+// exactly as ONNX Runtime's MatMulNBits stores a weight B [N, K] (so MatMulNBits can read the
+// gate/up rows directly):
+//   gate_up: rows 2m (row 2i = gate of neuron i, row 2i + 1 = its up row), cols d
+//   down:    rows m  (row i = column i of W_down),                         cols d
+// Row r, block g holds `block` codes u and one float scale s; the weight is s * (u - Z), with the
+// implicit zero point Z = 8 (4-bit: two codes a byte, element 2j in the low nibble of byte j) or
+// Z = 128 (8-bit: one code a byte).
+//
+// Accuracy (MatMulNBits' accuracy_level):
+//   Int8 (4):    x is quantised per block as MLAS's CompInt8 path does (scale = amax / 127,
+//                q = round-half-even(x * (127 / amax))); gate and up are integer dot products.
+//   Float32 (1): x stays float; codes are dequantised on the fly.
+// The down projection always multiplies the float activation z by the dequantised row.
+//
+// SIMD variants (x86-64 AVX2 and AVX-512 VNNI, arm64 NEON and NEON dotprod) implement two
+// primitives, `dot2` and `axpy`, and are chosen at run time (quant_kernels()); the scalar
+// versions here are the portable fallback and the reference the fuzz test holds them to.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "gather_ffn.h"
+
+namespace glass {
+
+constexpr int64_t kSubBlock = 32;  // SIMD granularity: every block size is a multiple of it
+
+enum class Accuracy : int64_t { Float32 = 1, Int8 = 4 };
+
+inline bool valid_accuracy(int64_t level) { return level == 1 || level == 4; }
+
+inline int zero_point(int bits) { return bits == 4 ? 8 : 128; }
+
+// Rows of quantised codes with one scale per block.
+struct QuantRows {
+  const uint8_t* codes = nullptr;  // [rows, cols * bits / 8]
+  const float* scales = nullptr;   // [rows, cols / block]
+  int64_t cols = 0;
+  int bits = 4;
+  int64_t block = 32;
+
+  int64_t row_bytes() const { return cols * bits / 8; }
+  int64_t blocks() const { return cols / block; }
+  const uint8_t* row(int64_t r) const { return codes + r * row_bytes(); }
+  const float* row_scales(int64_t r) const { return scales + r * blocks(); }
+};
+
+// "" when (bits, block, cols) is a layout the kernels take, else what is wrong.
+inline std::string check_quant_layout(int64_t bits, int64_t block, int64_t cols) {
+  char buf[200];
+  if (bits != 4 && bits != 8) {
+    std::snprintf(buf, sizeof(buf), "bits must be 4 or 8, got %lld", static_cast<long long>(bits));
+    return buf;
+  }
+  if (block != 32 && block != 64 && block != 128 && block != 256) {
+    std::snprintf(buf, sizeof(buf), "block size must be 32, 64, 128 or 256, got %lld", static_cast<long long>(block));
+    return buf;
+  }
+  if (cols <= 0 || cols % block != 0) {
+    std::snprintf(buf, sizeof(buf), "the hidden size %lld is not a multiple of the block size %lld",
+                  static_cast<long long>(cols), static_cast<long long>(block));
+    return buf;
+  }
+  return "";
+}
+
+// One token's activations, prepared once per call for every row it meets.
+struct PreparedX {
+  const float* x = nullptr;  // the float values (Float32 accuracy)
+  int64_t n_sub = 0;         // 32-value sub-blocks
+  // Int8 accuracy. 4-bit weights: even[s*16 + j] = q[32 s + 2 j], odd[...] = q[32 s + 2 j + 1]
+  // (they meet the low and the high nibbles); 8-bit weights: natural[32 s + j] = q[32 s + j].
+  std::vector<int8_t> even, odd, natural;
+  // x86 kernels multiply unsigned codes u with q and subtract Z * (sum of q) per 32-bit lane, each
+  // lane covering 4 bytes of every operand: 4 lanes a sub-block (4-bit), 8 lanes (8-bit).
+  std::vector<int32_t> lane_zero;
+  std::vector<float> lane_scale;  // the activation scale of each lane's block
+  std::vector<float> sub_scale;   // the activation scale of each sub-block's block
+};
+
+inline int lanes_per_sub(int bits) { return bits == 4 ? 4 : 8; }
+
+// MLAS CompInt8 quantisation of one block: scale = amax / 127, q = nearbyint(x * (127 / amax)).
+inline float quantize_block_int8(const float* x, int64_t n, int8_t* q) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const float inverse = amax != 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inverse));
+  return amax / 127.0f;
+}
+
+// Prepares one token's x for the dot kernels. Arrays are zero-padded to a multiple of 4
+// sub-blocks, so full-width SIMD loads past the last sub-block read zeros.
+inline void prepare_x(const float* x, int64_t cols, int bits, int64_t block, Accuracy accuracy, PreparedX& out) {
+  out.x = x;
+  out.n_sub = cols / kSubBlock;
+  if (accuracy != Accuracy::Int8) return;
+  const int64_t n_sub = out.n_sub;
+  const int64_t padded = (n_sub + 3) / 4 * 4;
+  const int lanes = lanes_per_sub(bits);
+  const int z = zero_point(bits);
+  std::vector<int8_t> q(static_cast<size_t>(padded * kSubBlock), 0);
+  out.sub_scale.assign(static_cast<size_t>(padded), 0.0f);
+  for (int64_t g = 0; g < cols / block; ++g) {
+    const float scale = quantize_block_int8(x + g * block, block, q.data() + g * block);
+    for (int64_t s = g * block / kSubBlock; s < (g + 1) * block / kSubBlock; ++s) out.sub_scale[s] = scale;
+  }
+  out.lane_zero.assign(static_cast<size_t>(padded * lanes), 0);
+  out.lane_scale.assign(static_cast<size_t>(padded * lanes), 0.0f);
+  if (bits == 4) {
+    out.even.assign(static_cast<size_t>(padded * 16), 0);
+    out.odd.assign(static_cast<size_t>(padded * 16), 0);
+    for (int64_t s = 0; s < n_sub; ++s) {
+      for (int j = 0; j < 16; ++j) {
+        out.even[s * 16 + j] = q[s * 32 + 2 * j];
+        out.odd[s * 16 + j] = q[s * 32 + 2 * j + 1];
+      }
+      for (int l = 0; l < 4; ++l) {
+        int32_t sum = 0;
+        for (int j = 4 * l; j < 4 * l + 4; ++j) sum += out.even[s * 16 + j] + out.odd[s * 16 + j];
+        out.lane_zero[s * 4 + l] = z * sum;
+      }
+    }
+  } else {
+    out.natural = q;
+    for (int64_t s = 0; s < n_sub; ++s) {
+      for (int l = 0; l < 8; ++l) {
+        int32_t sum = 0;
+        for (int j = 4 * l; j < 4 * l + 4; ++j) sum += q[s * 32 + j];
+        out.lane_zero[s * 8 + l] = z * sum;
+      }
+    }
+  }
+  for (int64_t s = 0; s < n_sub; ++s) {
+    for (int l = 0; l < lanes; ++l) out.lane_scale[s * lanes + l] = out.sub_scale[s];
+  }
+}
+
+// The two primitives every SIMD variant implements.
+struct QuantKernels {
+  const char* name;
+  // Int8 accuracy: *a = row_a . x and *b = row_b . x (the gate and the up row of one neuron).
+  void (*dot2)(const uint8_t* row_a, const float* scales_a, const uint8_t* row_b, const float* scales_b,
+               const PreparedX& x, int bits, int64_t block, float* a, float* b);
+  // Down projection, two rows at once (row_b may be null): acc += coef_a * s_a * u_a + coef_b * s_b * u_b
+  // over the raw codes u, in code order (see DownAccumulator), and coef_sums[g] += the coefficients
+  // of block g, from which finish_down takes the zero points off once.
+  void (*axpy2)(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b,
+                const float* scales_b, float coef_b, float* acc, float* coef_sums, int64_t cols, int bits,
+                int64_t block);
+};
+
+// --- portable scalar versions (the reference) ---------------------------------------------
+
+inline int code_at(const uint8_t* row, int bits, int64_t i) {
+  if (bits == 8) return row[i];
+  const uint8_t byte = row[i >> 1];
+  return (i & 1) ? (byte >> 4) : (byte & 0x0F);
+}
+
+inline float dot_int8_scalar(const uint8_t* row, const float* scales, const PreparedX& x, int bits, int64_t block) {
+  const int z = zero_point(bits);
+  const int64_t subs_per_block = block / kSubBlock;
+  float acc = 0.0f;
+  for (int64_t g = 0; g < x.n_sub / subs_per_block; ++g) {
+    int32_t sum = 0;
+    for (int64_t s = g * subs_per_block; s < (g + 1) * subs_per_block; ++s) {
+      if (bits == 4) {
+        for (int j = 0; j < 16; ++j) {
+          const uint8_t byte = row[s * 16 + j];
+          sum += ((byte & 0x0F) - z) * x.even[s * 16 + j] + ((byte >> 4) - z) * x.odd[s * 16 + j];
+        }
+      } else {
+        for (int j = 0; j < 32; ++j) sum += (row[s * 32 + j] - z) * x.natural[s * 32 + j];
+      }
+    }
+    acc += static_cast<float>(sum) * (scales[g] * x.sub_scale[g * subs_per_block]);
+  }
+  return acc;
+}
+
+inline void dot2_scalar(const uint8_t* row_a, const float* scales_a, const uint8_t* row_b, const float* scales_b,
+                        const PreparedX& x, int bits, int64_t block, float* a, float* b) {
+  *a = dot_int8_scalar(row_a, scales_a, x, bits, block);
+  *b = dot_int8_scalar(row_b, scales_b, x, bits, block);
+}
+
+// Position of element i inside the code-order accumulator: 4-bit codes hold, per 32-value
+// sub-block, the 16 even elements (low nibbles) then the 16 odd ones (high nibbles), so the kernels
+// widen nibbles without interleaving them; 8-bit codes keep element order.
+inline int64_t code_position(int64_t i, int bits) {
+  if (bits == 8) return i;
+  const int64_t within = i % kSubBlock;
+  return i - within + (within & 1) * 16 + within / 2;
+}
+
+inline void axpy_row_scalar(const uint8_t* row, const float* scales, float coef, float* acc, float* coef_sums,
+                            int64_t cols, int bits, int64_t block) {
+  for (int64_t g = 0; g < cols / block; ++g) {
+    const float c = coef * scales[g];
+    coef_sums[g] += c;
+    for (int64_t i = g * block; i < (g + 1) * block; ++i) {
+      acc[code_position(i, bits)] += c * static_cast<float>(code_at(row, bits, i));
+    }
+  }
+}
+
+inline void axpy2_scalar(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b,
+                         const float* scales_b, float coef_b, float* acc, float* coef_sums, int64_t cols, int bits,
+                         int64_t block) {
+  axpy_row_scalar(row_a, scales_a, coef_a, acc, coef_sums, cols, bits, block);
+  if (row_b != nullptr) axpy_row_scalar(row_b, scales_b, coef_b, acc, coef_sums, cols, bits, block);
+}
+
+// Float32 accuracy: the dequantised row dotted with the float x (not on the int8 fast path).
+inline float dot_float(const uint8_t* row, const float* scales, const float* x, int64_t cols, int bits,
+                       int64_t block) {
+  const int z = zero_point(bits);
+  float acc = 0.0f;
+  for (int64_t g = 0; g < cols / block; ++g) {
+    float part = 0.0f;
+    for (int64_t i = g * block; i < (g + 1) * block; ++i) part += x[i] * static_cast<float>(code_at(row, bits, i) - z);
+    acc += part * scales[g];
+  }
+  return acc;
+}
+
+inline const QuantKernels& scalar_kernels() {
+  static const QuantKernels table{"scalar", dot2_scalar, axpy2_scalar};
+  return table;
+}
+
+// The fastest variant this CPU runs (GLASS_QUANT_KERNELS=<name> forces one, for tests).
+const QuantKernels& quant_kernels();
+// A variant by name ("scalar", "avx2", "avx512vnni", "neon", "neon-dotprod"), or null when this
+// build or CPU lacks it.
+const QuantKernels* quant_kernels_named(const char* name);
+// Test drivers run every variant in one process (null: back to the automatic choice).
+void set_quant_kernels_for_testing(const QuantKernels* kernels);
+
+// --- the ops ---------------------------------------------------------------------------------
+
+// gate . x and up . x of neuron i for token t.
+inline void gate_up_dot(const QuantKernels& kernels, const QuantRows& gate_up, int64_t neuron,
+                        const PreparedX& x, Accuracy accuracy, float* g, float* u) {
+  const uint8_t* gate = gate_up.row(2 * neuron);
+  const uint8_t* up = gate_up.row(2 * neuron + 1);
+  const float* gate_scales = gate_up.row_scales(2 * neuron);
+  const float* up_scales = gate_up.row_scales(2 * neuron + 1);
+  if (accuracy == Accuracy::Int8) {
+    kernels.dot2(gate, gate_scales, up, up_scales, x, gate_up.bits, gate_up.block, g, u);
+  } else {
+    *g = dot_float(gate, gate_scales, x.x, gate_up.cols, gate_up.bits, gate_up.block);
+    *u = dot_float(up, up_scales, x.x, gate_up.cols, gate_up.bits, gate_up.block);
+  }
+}
+
+// Kept neurons are scattered, so the hardware prefetcher stops at every jump between rows: fetch
+// the rows of a neuron a few places ahead into L2 while this one computes. (always_inline: GCC
+// deems an out-of-line function made only of prefetches side-effect free and drops its calls.)
+__attribute__((always_inline)) inline void prefetch_bytes(const uint8_t* p, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
+}
+
+__attribute__((always_inline)) inline void prefetch_neuron(const QuantRows& gate_up, const QuantRows& down, int64_t neuron) {
+  prefetch_bytes(gate_up.row(2 * neuron), 2 * gate_up.row_bytes());
+  prefetch_bytes(down.row(neuron), down.row_bytes());
+}
+
+inline std::vector<PreparedX> prepare_tokens(const float* x, int64_t n_tokens, const QuantRows& rows,
+                                             Accuracy accuracy) {
+  std::vector<PreparedX> prepared(static_cast<size_t>(n_tokens));
+  for (int64_t t = 0; t < n_tokens; ++t) prepare_x(x + t * rows.cols, rows.cols, rows.bits, rows.block, accuracy, prepared[t]);
+  return prepared;
+}
+
+constexpr int64_t kPrefetchAhead = 2;
+
+// Per-task down-projection sums for n_tokens tokens, in code order, 64-byte aligned for the SIMD
+// kernels; finish_down() adds the tasks up, takes the zero points off and restores element order.
+class DownAccumulator {
+ public:
+  DownAccumulator(int64_t n_tasks, int64_t n_tokens, int64_t cols, int64_t blocks)
+      : n_tasks_(n_tasks), n_tokens_(n_tokens), cols_(cols), blocks_(blocks),
+        storage_(static_cast<size_t>(n_tasks * n_tokens * (cols + blocks) + 16), 0.0f) {
+    const auto address = reinterpret_cast<uintptr_t>(storage_.data());
+    base_ = storage_.data() + ((64 - address % 64) % 64) / sizeof(float);
+  }
+  float* acc(int64_t task, int64_t token) { return base_ + (task * n_tokens_ + token) * cols_; }
+  float* coef_sums(int64_t task, int64_t token) {
+    return base_ + n_tasks_ * n_tokens_ * cols_ + (task * n_tokens_ + token) * blocks_;
+  }
+
+  void finish(int bits, int64_t block, float* y) {
+    const float z = static_cast<float>(zero_point(bits));
+    for (int64_t t = 0; t < n_tokens_; ++t) {
+      for (int64_t i = 0; i < cols_; ++i) {
+        const int64_t position = code_position(i, bits);
+        float sum = 0.0f, coefs = 0.0f;
+        for (int64_t task = 0; task < n_tasks_; ++task) {
+          sum += acc(task, t)[position];
+          coefs += coef_sums(task, t)[i / block];
+        }
+        y[t * cols_ + i] = sum - z * coefs;
+      }
+    }
+  }
+
+ private:
+  int64_t n_tasks_, n_tokens_, cols_, blocks_;
+  std::vector<float> storage_;
+  float* base_;
+};
+
+// The kept neurons' rows copied next to each other, so that every decode step streams contiguous
+// memory: scattered rows defeat the hardware prefetchers, which fetch past each row into the
+// dropped neighbours (measured 1.5x slower at rho = 0.5 on SmolLM2's shapes). A runtime builds
+// it once per kept set (once per prompt) and holds it while the set is in use: rho x the FFN's
+// bytes of extra memory.
+class KeptRows {
+ public:
+  KeptRows(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k)
+      : source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k) {
+    gate_up_codes_.resize(static_cast<size_t>(2 * k * gate_up.row_bytes()));
+    gate_up_scales_.resize(static_cast<size_t>(2 * k * gate_up.blocks()));
+    down_codes_.resize(static_cast<size_t>(k * down.row_bytes()));
+    down_scales_.resize(static_cast<size_t>(k * down.blocks()));
+    for (int64_t j = 0; j < k; ++j) {
+      std::copy_n(gate_up.row(2 * idx[j]), 2 * gate_up.row_bytes(), gate_up_codes_.data() + 2 * j * gate_up.row_bytes());
+      std::copy_n(gate_up.row_scales(2 * idx[j]), 2 * gate_up.blocks(), gate_up_scales_.data() + 2 * j * gate_up.blocks());
+      std::copy_n(down.row(idx[j]), down.row_bytes(), down_codes_.data() + j * down.row_bytes());
+      std::copy_n(down.row_scales(idx[j]), down.blocks(), down_scales_.data() + j * down.blocks());
+    }
+    gate_up_ = QuantRows{gate_up_codes_.data(), gate_up_scales_.data(), gate_up.cols, gate_up.bits, gate_up.block};
+    down_ = QuantRows{down_codes_.data(), down_scales_.data(), down.cols, down.bits, down.block};
+  }
+
+  // Whether these rows are the kept set idx of these weights: same addresses, same indices, and a
+  // few sampled rows still equal to their copies (other weights at a reused address differ there).
+  bool holds(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) const {
+    if (gate_up.codes != source_gate_up_ || down.codes != source_down_ || static_cast<int64_t>(indices_.size()) != k ||
+        !std::equal(indices_.begin(), indices_.end(), idx)) {
+      return false;
+    }
+    for (int64_t sample = 0; sample < std::min<int64_t>(k, 4); ++sample) {
+      const int64_t j = sample * (k - 1) / std::max<int64_t>(1, std::min<int64_t>(k, 4) - 1);
+      if (!std::equal(gate_up.row(2 * idx[j]), gate_up.row(2 * idx[j]) + 2 * gate_up.row_bytes(), gate_up_.row(2 * j)) ||
+          !std::equal(down.row(idx[j]), down.row(idx[j]) + down.row_bytes(), down_.row(j)) ||
+          !std::equal(down.row_scales(idx[j]), down.row_scales(idx[j]) + down.blocks(), down_.row_scales(j))) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  const QuantRows& gate_up() const { return gate_up_; }  // row 2j, 2j + 1: kept neuron j
+  const QuantRows& down() const { return down_; }        // row j: kept neuron j
+
+ private:
+  const uint8_t* source_gate_up_;
+  const uint8_t* source_down_;
+  std::vector<int64_t> indices_;
+  std::vector<uint8_t> gate_up_codes_, down_codes_;
+  std::vector<float> gate_up_scales_, down_scales_;
+  QuantRows gate_up_, down_;
+};
+
+// The KeptRows of each FFN's current kept set, for runtimes whose kernels keep no state of their own
+// (ExecuTorch): one entry per FFN, keyed by its weights, replaced when the kept set changes.
+class KeptRowsCache {
+ public:
+  std::shared_ptr<const KeptRows> get(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& entry = entries_[gate_up.codes];
+    if (entry == nullptr || !entry->holds(gate_up, down, idx, k)) {
+      if (entries_.size() > kMaxEntries) {  // programs came and went: start over
+        entries_.clear();
+        return entries_[gate_up.codes] = std::make_shared<const KeptRows>(gate_up, down, idx, k);
+      }
+      entry = std::make_shared<const KeptRows>(gate_up, down, idx, k);
+    }
+    return entry;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 512;
+  std::mutex mutex_;
+  std::unordered_map<const uint8_t*, std::shared_ptr<const KeptRows>> entries_;
+};
+
+// Decode: y [n_tokens, d] = FFN of x over k kept neurons: neurons idx (checked by the caller), or,
+// with idx null, rows 0..k-1 (KeptRows).
+template <typename ParallelFor>
+void gather_ffn_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up, const QuantRows& down,
+                      const int64_t* idx, int64_t k, Activation act, Accuracy accuracy, float* y, int64_t n_tasks,
+                      const ParallelFor& parallel_for) {
+  const QuantKernels& kernels = quant_kernels();
+  const int64_t d = gate_up.cols;
+  const std::vector<PreparedX> prepared = prepare_tokens(x, n_tokens, gate_up, accuracy);
+  DownAccumulator sums(n_tasks, n_tokens, d, down.blocks());
+  auto neuron = [idx](int64_t j) { return idx != nullptr ? idx[j] : j; };
+  for_each_task(k, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; j += 2) {  // neurons in pairs: one pass over acc for both
+      const bool pair = j + 1 < end;
+      const int64_t first = neuron(j), second = pair ? neuron(j + 1) : first;
+      if (idx != nullptr && j + 2 + kPrefetchAhead < end) {
+        prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead - 1]);
+        prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead]);
+      }
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        float g0, u0, g1 = 0.0f, u1 = 0.0f;
+        gate_up_dot(kernels, gate_up, first, prepared[t], accuracy, &g0, &u0);
+        if (pair) gate_up_dot(kernels, gate_up, second, prepared[t], accuracy, &g1, &u1);
+        kernels.axpy2(down.row(first), down.row_scales(first), activate(act, g0) * u0,
+                      pair ? down.row(second) : nullptr, pair ? down.row_scales(second) : nullptr,
+                      pair ? activate(act, g1) * u1 : 0.0f, sums.acc(task, t), sums.coef_sums(task, t), d, down.bits,
+                      down.block);
+      }
+    }
+  });
+  sums.finish(down.bits, down.block, y);
+}
+
+// Dense prefill, first half: z [n_tokens, m] = act(x . gate_i) * (x . up_i) for every neuron.
+template <typename ParallelFor>
+void ffn_up_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up, int64_t m, Activation act,
+                  Accuracy accuracy, float* z, int64_t n_tasks, const ParallelFor& parallel_for) {
+  const QuantKernels& kernels = quant_kernels();
+  const std::vector<PreparedX> prepared = prepare_tokens(x, n_tokens, gate_up, accuracy);
+  for_each_task(m, n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        float g, u;
+        gate_up_dot(kernels, gate_up, i, prepared[t], accuracy, &g, &u);
+        z[t * m + i] = activate(act, g) * u;
+      }
+    }
+  });
+}
+
+// Dense second half: y [n_tokens, d] = z [n_tokens, m] . dequantised down rows.
+template <typename ParallelFor>
+void ffn_down_quant(const float* z, int64_t n_tokens, int64_t m, const QuantRows& down, float* y, int64_t n_tasks,
+                    const ParallelFor& parallel_for) {
+  const QuantKernels& kernels = quant_kernels();
+  DownAccumulator sums(n_tasks, n_tokens, down.cols, down.blocks());
+  for_each_task(m, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; i += 2) {
+      const bool pair = i + 1 < end;
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        kernels.axpy2(down.row(i), down.row_scales(i), z[t * m + i], pair ? down.row(i + 1) : nullptr,
+                      pair ? down.row_scales(i + 1) : nullptr, pair ? z[t * m + i + 1] : 0.0f, sums.acc(task, t),
+                      sums.coef_sums(task, t), down.cols, down.bits, down.block);
+      }
+    }
+  });
+  sums.finish(down.bits, down.block, y);
+}
+
+}  // namespace glass
