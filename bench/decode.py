@@ -1,13 +1,22 @@
-"""Decode speed of a GLASS artifact against its dense twin, on ONNX Runtime and ExecuTorch, side by side.
+"""Decode speed of GLASS artifacts against their dense twins and against the stock quantised paths,
+side by side on one machine.
 
-    python bench/decode.py [--model DIR] [--density 0.5] [--decode-tokens 64] [--threads 2] [--out docs]
+    python bench/decode.py --model DIR [--priors P.safetensors --method i-glass --lambda 0.25]
+        [--density 0.5] [--schemes int4,int8,fp32] [--targets onnx,executorch]
+        [--peers genai,llamacpp --gguf FILE.gguf] [--chat] [--decode-tokens 64] [--rounds 3]
+        [--threads 2] [--work build/bench] [--out docs/real]
 
-For one model (default: a Llama-shaped model with random weights, hidden 1024, intermediate
-4096, 4 layers; decode speed does not depend on the weights' values), this exports sparse
-(griffin at --density) and dense twins to both runtimes through the same code path and prints
-prefill ms, decode tokens/s, the sparse/dense speed-up and the ideal speed-up
-1 / (1 - f (1 - rho)), f = the FFN's share of the bytes read per decoded token, computed from
-the model's own parameter sizes. Writes decode_speedup.png and decode_speedup.json to --out.
+For each target x weight scheme this exports (or reuses, from --work) a sparse artifact (the
+method at --density) and its dense twin through the same code path, then times them in
+alternating rounds with the peers: ONNX Runtime GenAI's model builder (int4, from the same model
+directory; `pip install -e .[bench]`) and llama.cpp (llama-cpp-python) on a GGUF file. Every engine
+decodes the same prompt tokens, greedily, on the same number of threads.
+
+Reported per row (medians over rounds): prefill ms, decode tokens/s in steady state (the median
+step after two warm-up steps), decode tokens/s over the whole generation (first step included:
+the sparse artifacts copy the kept rows together on their first decode step), artifact MB. Then
+the ratios: sparse / dense twin per target and scheme, and our int4 sparse against each peer.
+Writes decode_speedup.json and decode_speedup.png to --out.
 """
 
 from __future__ import annotations
@@ -15,137 +24,246 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
-import tempfile
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from glass_export.example import build_model, build_tokenizer  # noqa: E402
-from glass_export.export import export_artifact  # noqa: E402
-from glass_export.models import load_model  # noqa: E402
-from glass_export.runtime import open_artifact  # noqa: E402
-from glass_export.selection import SelectionConfig  # noqa: E402
 
 
-def synthetic_model(directory: Path) -> Path:
-    tokenizer = build_tokenizer()
-    model = build_model("llama", seed=0, vocab_size=8192, hidden_size=1024, intermediate_size=4096,
-                        num_hidden_layers=4, num_attention_heads=16, num_key_value_heads=4,
-                        tie_word_embeddings=False, max_position_embeddings=1024)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+@dataclass
+class Timing:
+    prefill_ms: float
+    steady_tokens_per_s: float
+    overall_tokens_per_s: float
 
 
-def ffn_share(model) -> tuple[float, dict]:
-    """f: FFN bytes over all bytes read per decoded token (the embedding lookup reads one row)."""
-    params = {id(p): (name, p) for name, p in model.named_parameters()}.values()
-    ffn = sum(p.numel() * p.element_size() for name, p in params if ".mlp." in name)
-    total = sum(p.numel() * p.element_size() for _, p in params)
-    embedding = model.get_input_embeddings().weight
-    tied = embedding is model.get_output_embeddings().weight
-    per_token = total - (0 if tied else embedding.numel() * embedding.element_size())
-    return ffn / per_token, {"ffn_bytes": ffn, "bytes_read_per_token": per_token, "tied_embeddings": tied}
-
-
-def time_artifact(directory: Path, prompt: list[int], decode_tokens: int, threads: int) -> dict:
-    backend = open_artifact(directory, threads=threads)
-    pre = backend.prefill(prompt)  # warm-up
+def time_steps(prefill, step, prompt: list[int], decode_tokens: int) -> Timing:
+    """prefill(prompt) -> first token; step(token) -> next token. One generation, timed."""
     start = time.perf_counter()
-    pre = backend.prefill(prompt)
+    token = prefill(prompt)
     prefill_ms = (time.perf_counter() - start) * 1e3
-    state, token, steps = pre.state, int(np.argmax(pre.logits[-1])), []
-    for position in range(len(prompt), len(prompt) + decode_tokens):
+    steps = []
+    begin = time.perf_counter()
+    for _ in range(decode_tokens):
         start = time.perf_counter()
-        logits, state = backend.decode(token, position, pre.indices, state)
+        token = step(token)
         steps.append(time.perf_counter() - start)
-        token = int(np.argmax(logits))
-    step = statistics.median(steps[2:])  # the first steps warm caches and thread pools
-    return {"prefill_ms": prefill_ms, "decode_tokens_per_s": 1.0 / step,
-            "op": getattr(backend, "op_implementation", "")}
+    overall = decode_tokens / (time.perf_counter() - begin)
+    return Timing(prefill_ms, 1.0 / statistics.median(steps[2:]), overall)
+
+
+class Ours:
+    def __init__(self, directory: Path, threads: int):
+        from glass_export.runtime import open_artifact
+
+        self.backend = open_artifact(directory, threads=threads)
+        self.description = self.backend.description
+        self.bytes = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+    def run(self, prompt, decode_tokens) -> Timing:
+        backend = self.backend
+        return time_steps(lambda ids: int(np.argmax(backend.prefill(ids).logits[-1])),
+                          lambda token: int(np.argmax(backend.decode(token))), prompt, decode_tokens)
+
+
+class GenAI:
+    """ONNX Runtime GenAI's model builder output, run by onnxruntime-genai."""
+
+    def __init__(self, directory: Path, threads: int):
+        import onnxruntime_genai as og
+
+        config = json.loads((directory / "genai_config.json").read_text())
+        config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+        (directory / "genai_config.json").write_text(json.dumps(config, indent=4))
+        self.og = og
+        self.model = og.Model(str(directory))
+        self.description = f"onnxruntime-genai {og.__version__}, builder int4"
+        self.bytes = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+
+    def run(self, prompt, decode_tokens) -> Timing:
+        og = self.og
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + decode_tokens + 1, do_sample=False)
+        generator = og.Generator(self.model, params)
+
+        def prefill(ids):
+            generator.append_tokens(ids)
+            return 0
+
+        def step(_token):
+            generator.generate_next_token()
+            return 0
+
+        return time_steps(prefill, step, prompt, decode_tokens)
+
+
+class LlamaCpp:
+    def __init__(self, gguf: Path, threads: int, context: int):
+        from llama_cpp import Llama, __version__
+
+        self.llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context,
+                         n_batch=context, verbose=False)
+        self.description = f"llama.cpp (llama-cpp-python {__version__}), {gguf.name}"
+        self.bytes = gguf.stat().st_size
+
+    def run(self, prompt, decode_tokens) -> Timing:
+        llm = self.llm
+        llm.reset()
+
+        def prefill(ids):
+            llm.eval(ids)
+            return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+        def step(token):
+            llm.eval([token])
+            return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+
+        return time_steps(prefill, step, prompt, decode_tokens)
+
+
+def export_all(args, work: Path, prompt_len: int) -> dict:
+    from glass_export.export import export_artifact
+    from glass_export.quantization import QuantScheme
+    from glass_export.selection import SelectionConfig
+
+    sparse = SelectionConfig(args.method, args.density, args.lam if args.method.endswith("glass") else None)
+    dirs = {}
+    for target in args.targets:
+        for scheme in args.schemes:
+            for kind, config in (("sparse", sparse), ("dense", SelectionConfig("dense"))):
+                out = work / f"{target}-{scheme}-{kind}-{config.describe().replace(' ', '_')}"
+                if not (out / "glass.json").is_file():
+                    print(f"exporting {out.name} ...", flush=True)
+                    start = time.perf_counter()
+                    export_artifact(args.model, args.priors, config, target, out,
+                                    max_seq_len=prompt_len + args.decode_tokens + 8, force=True,
+                                    quant=QuantScheme(scheme))
+                    print(f"  {time.perf_counter() - start:.0f} s", flush=True)
+                dirs[(target, scheme, kind)] = out
+    return dirs
+
+
+def build_genai(args, work: Path) -> Path:
+    out = work / "genai-int4"
+    if not (out / "genai_config.json").is_file():
+        print("building ONNX Runtime GenAI int4 ...", flush=True)
+        import subprocess
+
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(args.model), "-o", str(out),
+                        "-p", "int4", "-e", "cpu", "-c", str(work / "genai-cache")], check=True, capture_output=True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="Local model directory [default: synthetic]")
+    parser.add_argument("--model", type=Path, required=True, help="Local model directory (e.g. convert-gguf's output)")
+    parser.add_argument("--priors", type=Path, default=None)
+    parser.add_argument("--method", default="griffin")
+    parser.add_argument("--lambda", dest="lam", type=float, default=0.25)
     parser.add_argument("--density", type=float, default=0.5)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
+    parser.add_argument("--schemes", default="int4,int8,fp32")
+    parser.add_argument("--targets", default="onnx,executorch")
+    parser.add_argument("--peers", default="genai,llamacpp")
+    parser.add_argument("--gguf", type=Path, default=None, help="GGUF file for llama.cpp")
+    parser.add_argument("--chat", action="store_true", help="Wrap the prompt in the chat template")
+    parser.add_argument("--prompt", default="Write a short story about a lighthouse keeper who finds a message in a "
+                                            "bottle, in three paragraphs.")
     parser.add_argument("--decode-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating sparse/dense rounds; medians reported")
-    parser.add_argument("--targets", default="executorch,onnx")
-    parser.add_argument("--out", type=Path, default=Path("docs"))
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
+    parser.add_argument("--work", type=Path, default=Path("build/bench"), help="where artifacts are kept between runs")
+    parser.add_argument("--out", type=Path, default=Path("docs/real"))
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args.schemes, args.targets = args.schemes.split(","), args.targets.split(",")
+    peers = [p for p in args.peers.split(",") if p]
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    import torch
     from transformers.utils import logging as hf_logging
 
+    from glass_export.models import load_tokenizer
+    from glass_export.prompts import encode_prompt
+
+    torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    prompt = encode_prompt(load_tokenizer(args.model), args.prompt, args.chat)
+    args.work.mkdir(parents=True, exist_ok=True)
+    dirs = export_all(args, args.work, len(prompt))
+    engines = {f"{t} {s} {k}": Ours(d, args.threads) for (t, s, k), d in dirs.items()}
+    if "genai" in peers:
+        engines["onnxruntime-genai int4"] = GenAI(build_genai(args, args.work), args.threads)
+    if "llamacpp" in peers:
+        if args.gguf is None:
+            parser.error("--peers llamacpp needs --gguf")
+        engines[f"llama.cpp {args.gguf.stem.split('.')[-1]}"] = LlamaCpp(args.gguf, args.threads,
+                                                                        len(prompt) + args.decode_tokens + 8)
+    runs = {name: [] for name in engines}
+    for round_ in range(args.rounds + 1):  # round 0 warms every engine up and is not counted
+        for name, engine in engines.items():
+            timing = engine.run(prompt, args.decode_tokens)
+            if round_ > 0:
+                runs[name].append(timing)
+        print(f"round {round_} done", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        model_dir = args.model or synthetic_model(tmp / "model")
-        model = load_model(model_dir)
-        f, sizes = ffn_share(model)
-        ideal = 1.0 / (1.0 - f * (1.0 - args.density))
-        prompt = [1 + (7 * i) % 300 for i in range(args.prompt_tokens)]
-        max_len = args.prompt_tokens + args.decode_tokens + 8
-        cfg = model.config
-        print(f"model: {cfg.model_type} hidden {cfg.hidden_size}, intermediate {cfg.intermediate_size}, "
-              f"{cfg.num_hidden_layers} layers, vocab {cfg.vocab_size}; FFN share of bytes per token f = {f:.3f}; "
-              f"rho = {args.density}; ideal decode speed-up 1/(1 - f(1 - rho)) = {ideal:.3f}")
-        rows = []
-        for target in args.targets.split(","):
-            dirs = {}
-            for kind, config in (("sparse", SelectionConfig("griffin", args.density)), ("dense", SelectionConfig("dense"))):
-                dirs[kind] = tmp / f"{target}-{kind}"
-                print(f"exporting {target} {kind} ...", flush=True)
-                export_artifact(model_dir, None, config, target, dirs[kind], max_seq_len=max_len)
-            runs = {"sparse": [], "dense": []}
-            for _ in range(args.rounds):  # alternate, so drift in machine speed hits both alike
-                for kind in ("sparse", "dense"):
-                    runs[kind].append(time_artifact(dirs[kind], prompt, args.decode_tokens, args.threads))
-            med = {kind: {key: statistics.median(r[key] for r in runs[kind]) for key in ("prefill_ms", "decode_tokens_per_s")}
-                   for kind in runs}
-            speedup = med["sparse"]["decode_tokens_per_s"] / med["dense"]["decode_tokens_per_s"]
-            rows.append({"runtime": target, "op": runs["sparse"][0]["op"], "sparse": med["sparse"], "dense": med["dense"],
-                         "speedup": speedup, "ideal": ideal, "fraction_of_ideal": speedup / ideal})
-
-    print(f"\n{'runtime':<11} {'sparse op':<28} {'prefill ms s/d':>16} {'decode tok/s s/d':>18} {'speed-up':>9} {'ideal':>6} {'of ideal':>8}")
+    rows = []
+    for name, timings in runs.items():
+        rows.append({"name": name, "engine": engines[name].description, "artifact_mb": engines[name].bytes / 1e6,
+                     **{key: statistics.median(getattr(t, key) for t in timings) for key in asdict(timings[0])}})
+    by_name = {r["name"]: r for r in rows}
+    ratios = {}
+    for target in args.targets:
+        for scheme in args.schemes:
+            sparse, dense = by_name[f"{target} {scheme} sparse"], by_name[f"{target} {scheme} dense"]
+            ratios[f"{target} {scheme}: sparse / dense twin"] = sparse["steady_tokens_per_s"] / dense["steady_tokens_per_s"]
+    ours = by_name.get("onnx int4 sparse")
+    for peer in [n for n in by_name if n.startswith(("onnxruntime-genai", "llama.cpp"))]:
+        if ours is not None:
+            ratios[f"onnx int4 sparse / {peer}"] = ours["steady_tokens_per_s"] / by_name[peer]["steady_tokens_per_s"]
+    print(f"\nprompt {len(prompt)} tokens, {args.decode_tokens} greedy tokens, {args.threads} threads, "
+          f"{args.rounds} alternating rounds (medians); sparse = {args.method} at rho {args.density}")
+    print(f"{'engine':<28} {'prefill ms':>10} {'decode tok/s':>13} {'(whole gen.)':>13} {'MB':>8}")
     for r in rows:
-        print(f"{r['runtime']:<11} {r['op'][:28]:<28} {r['sparse']['prefill_ms']:>7.1f}/{r['dense']['prefill_ms']:<8.1f} "
-              f"{r['sparse']['decode_tokens_per_s']:>8.1f}/{r['dense']['decode_tokens_per_s']:<9.1f} "
-              f"{r['speedup']:>9.3f} {r['ideal']:>6.3f} {r['fraction_of_ideal']:>8.2f}")
+        print(f"{r['name']:<28} {r['prefill_ms']:>10.1f} {r['steady_tokens_per_s']:>13.1f} "
+              f"{r['overall_tokens_per_s']:>13.1f} {r['artifact_mb']:>8.1f}")
+    for name, value in ratios.items():
+        print(f"{name:<52} {value:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"density": args.density, "ffn_share": f, **sizes, "threads": args.threads,
-              "decode_tokens": args.decode_tokens, "prompt_tokens": args.prompt_tokens, "rows": rows}
+    result = {"model": str(args.model), "prompt_tokens": len(prompt), "decode_tokens": args.decode_tokens,
+              "threads": args.threads, "rounds": args.rounds, "method": args.method, "density": args.density,
+              "lambda": args.lam if args.method.endswith("glass") else None, "rows": rows, "ratios": ratios,
+              "machine": machine()}
     (args.out / "decode_speedup.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, args.out / "decode_speedup.png", args.density)
+    plot(rows, args.out / "decode_speedup.png", result)
     print(f"wrote {args.out / 'decode_speedup.json'} and {args.out / 'decode_speedup.png'}")
 
 
-def plot(rows: list[dict], path: Path, density: float) -> None:
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def plot(rows: list[dict], path: Path, result: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    x = np.arange(len(rows))
-    ax.bar(x - 0.2, [r["speedup"] for r in rows], 0.4, label="measured sparse/dense decode speed-up")
-    ax.bar(x + 0.2, [r["ideal"] for r in rows], 0.4, label="ideal 1/(1 - f(1 - ρ))")
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [f"{r['runtime']}\n({r['op'][:24]})" for r in rows], fontsize=8)
-    ax.set_ylabel("decode speed-up vs dense twin")
-    ax.set_title(f"GLASS decode at ρ = {density:g}")
-    ax.set_ylim(0, 1.3 * max(max(r["speedup"], r["ideal"]) for r in rows))
-    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    names = [r["name"] for r in rows]
+    colors = ["tab:green" if n.endswith("sparse") else "tab:blue" if n.endswith("dense") else "tab:gray" for n in names]
+    ax.barh(names, [r["steady_tokens_per_s"] for r in rows], color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("decode tokens/s (higher is better)")
+    ax.set_title(f"{Path(result['model']).name}: {result['method']} at ρ {result['density']:g} (green) vs dense "
+                 f"(blue) vs stock (gray), {result['threads']} threads", fontsize=9)
+    ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -403,7 +403,7 @@ def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Greedy tokens to compare (at most what fits in the artifact's max_seq_len).")
 @click.option("--atol", default=None, type=click.FloatRange(min=0),
-              help="Max abs logits difference [default: 1e-4; 5e-2 for int8-activation schemes (accuracy level 4)].")
+              help="Max abs logits difference [default: 1e-4; int8-activation schemes: 5e-2 ONNX, 1e-1 ExecuTorch].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
 @friendly_errors

@@ -70,12 +70,13 @@ class GlassModel(Backend):
     description = "eager PyTorch"
 
     def __init__(self, model, config: SelectionConfig, priors: Priors | None = None,
-                 quant: QuantScheme = QuantScheme(), info: ModelInfo | None = None):
-        """info: the fp32 model's ModelInfo, when the caller has it (fingerprinting reads every weight)."""
+                 quant: QuantScheme = QuantScheme(), info: ModelInfo | None = None, target: str = "onnx"):
+        """info: the fp32 model's ModelInfo, when the caller has it (fingerprinting reads every weight).
+        target: whose quantised operators the reference reproduces (quantization.quantize_model)."""
         super().__init__()
         self.config = config
         self.quant = quant
-        self.model = quantize_model(model, quant)
+        self.model = quantize_model(model, quant, target)
         self.ffns = ffn_layers(self.model)
         self.num_layers = len(self.ffns)
         self.m = self.ffns[0].gate.shape[0]

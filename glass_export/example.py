@@ -67,24 +67,14 @@ def tiny_config(family: str, vocab_size: int, bos: int = 1, eos: int = 2, pad: i
         pad_token_id=pad,
         tie_word_embeddings=True,
     )
-    classes = {
-        "llama": transformers.LlamaConfig,
-        "mistral": transformers.MistralConfig,
-        "qwen2": transformers.Qwen2Config,
-        "qwen3": transformers.Qwen3Config,
-        "gemma": transformers.GemmaConfig,
-        "gemma2": transformers.Gemma2Config,
-        "gemma3_text": transformers.Gemma3TextConfig,
-        "phi3": transformers.Phi3Config,
-    }
-    if family not in classes:
+    if family not in FAMILIES:
         raise GlassExportError(f"no built-in example for {family!r}", f"choose one of: {', '.join(FAMILIES)}")
     if family.startswith("gemma") or family == "qwen3":
         common["head_dim"] = 16
     if family in ("gemma2", "gemma3_text"):
         common["sliding_window"] = 64
     common.update(overrides)
-    return classes[family](**common)
+    return transformers.AutoConfig.for_model(family, **common)
 
 
 def build_model(family: str = "llama", seed: int = 0, vocab_size: int = 384, **overrides):

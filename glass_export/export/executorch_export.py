@@ -14,15 +14,25 @@ from __future__ import annotations
 
 import torch
 
+from glass_ops import native
+
 from ..artifact import TARGET_FILES, KVLayout
+from ..errors import GlassExportError
+from ..quantization import TORCHAO_DESCRIPTION, QuantScheme, torchao_quantize
 from . import ExportContext, RecipeOutput
 from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model
 
 STEPS = ("preparing graphs", "exporting prefill graph", "exporting decode graph", "lowering to XNNPACK",
          "writing program")
-WEIGHT_SCHEMES = ("fp32",)
-EXECUTORCH_KERNEL_LIBRARY = "libglass_et_ops.so"
+WEIGHT_SCHEMES = ("fp32", "int8", "int4")
 PTE_FILE = TARGET_FILES["executorch"]["program"]
+
+
+def check_quant(quant: QuantScheme) -> None:
+    if quant.quantized and quant.accuracy_level != 4:
+        raise GlassExportError("--target executorch quantises with int8 activations only (XNNPACK's dynamic "
+                               "quantisation): --accuracy-level 1 is not available there",
+                               "drop --accuracy-level, or export --target onnx")
 
 
 def export(ctx: ExportContext) -> RecipeOutput:
@@ -36,7 +46,9 @@ def export(ctx: ExportContext) -> RecipeOutput:
     kv = KVLayout.of(model.config, "")
 
     ctx.step("preparing graphs")
-    graph_lm, context = graph_model(model, dense_ops=True)
+    graph_lm, context = graph_model(model, ctx.quant)
+    if ctx.quant.quantized:
+        torchao_quantize(graph_lm, ctx.quant)  # attention projections, LM head, embedding
     static_kv = StaticKV(model.config, max_seq_len, kv.num_kv_heads, kv.head_dim)
     prefill = PrefillGraph(graph_lm, context, config, ctx.global_rank, m, kv=static_kv).eval()
     decode = DecodeGraph(graph_lm, context, sparse=config.sparse_decode, kv=static_kv).eval()
@@ -72,6 +84,7 @@ def export(ctx: ExportContext) -> RecipeOutput:
         ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=True),
             emit_mutable_buffer_names=True,
+            do_quant_fusion_and_const_prop=ctx.quant.quantized,  # torchao's embedding -> quantized embedding op
         )
     )
     ctx.step("writing program")
@@ -103,9 +116,11 @@ def export(ctx: ExportContext) -> RecipeOutput:
     }
     runtime = {
         "runtime": "executorch (XNNPACK delegate + glass kernels)",
-        "backend": "XNNPACK (CPU), fp32",
-        "custom_ops": ["glass::gather_ffn.out", "glass::ffn_up.out", "glass::ffn_down.out"],
-        "native_library": EXECUTORCH_KERNEL_LIBRARY,
+        "backend": "XNNPACK (CPU)",
+        "custom_ops": [f"glass::{op}{'_q' if ctx.quant.quantized else ''}.out"
+                       for op in ("gather_ffn", "ffn_up", "ffn_down")],
+        "non_ffn_quantization": TORCHAO_DESCRIPTION if ctx.quant.quantized else "none (fp32)",
+        "native_library": native.EXECUTORCH_LIB,
         "constant_methods": sorted(constant_methods),
         "pte_bytes": len(program.buffer),
         "model_weight_bytes": weight_bytes,

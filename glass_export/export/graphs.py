@@ -1,15 +1,13 @@
-"""The two graphs of a GLASS artifact, as torch modules ready for torch.export.
+"""The two methods of an ExecuTorch GLASS program, as torch modules ready for torch.export.
 
-Both wrap one copy of the Hugging Face model whose FFNs are replaced by
-`GraphFFN` modules holding the neuron-contiguous weights (w_gate_up [m, 2, d],
-w_down_t [m, d]), so the prefill graph (dense FFN) and the decode graph
-(glass::gather_ffn over the kept neurons) read the very same tensors and an
-exporter can store them once.
+Both wrap one copy of the Hugging Face model whose FFNs are replaced by `GraphFFN` modules holding
+the neuron-contiguous weights (fp32: w_gate_up [m, 2, d], w_down_t [m, d]; quantised: codes and
+scales in MatMulNBits' row layout), read through the glass ops in both methods: dense ffn_up /
+ffn_down in prefill, gather_ffn over the kept neurons in decode. The program therefore stores each
+FFN weight once. The KV cache is a static buffer per layer shared by both methods.
 
-- PrefillGraph(input_ids [1, T]) -> logits [1, T, V], local scores [L, m],
-  indices [L, k] (int64, ascending), present key/value per layer.
-- DecodeGraph(input_ids [1, 1], position_ids [1, 1], indices [L, k], past...)
-  -> logits [1, 1, V], present key/value per layer.
+- PrefillGraph(input_ids [1, T]) -> logits [1, T, V], local scores [L, m], indices [L, k].
+- DecodeGraph(input_ids [1, 1], position_ids [1, 1], indices [L, k]) -> logits [1, 1, V].
 """
 
 from __future__ import annotations
@@ -17,64 +15,72 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import DynamicCache
 
-import glass_ops  # noqa: F401  (registers torch.ops.glass.gather_ffn)
+import glass_ops  # noqa: F401  (registers torch.ops.glass.*)
 from glass_ops import ACTIVATION_CODES, pack_ffn_weights
 
-from ..models import apply_activation, decoder_layers, ffn_layers
+from ..models import decoder_layers, ffn_layers
+from ..quantization import QuantScheme, quantize_rows
 from ..selection import SelectionConfig, normalised_square_sum, random_selection, ranks_by_topk, select_with_ranks
 
 
 class FFNContext:
     """What the graph wrapper tells every GraphFFN while it traces one forward pass."""
 
-    def __init__(self, dense_ops: bool = False):
+    def __init__(self):
         self.mode = "dense"  # "dense" | "record" (dense + local statistics) | "gather"
         self.indices: torch.Tensor | None = None
         self.stats: list[torch.Tensor] = []
-        # Dense FFN through glass::ffn_up / glass::ffn_down instead of matmuls: for runtimes whose
-        # matmul delegate would keep its own re-packed copy of the weights (XNNPACK).
-        self.dense_ops = dense_ops
 
 
 class GraphFFN(torch.nn.Module):
-    """A decoder layer's FFN over neuron-contiguous weights."""
+    """A decoder layer's FFN over neuron-contiguous weights, fp32 or quantised."""
 
-    def __init__(self, layer: int, gate, up, down, activation: str, context: FFNContext):
+    def __init__(self, layer: int, gate, up, down, activation: str, context: FFNContext, quant: QuantScheme):
         super().__init__()
-        w_gate_up, w_down_t = pack_ffn_weights(gate.detach(), up.detach(), down.detach())
-        self.w_gate_up = torch.nn.Parameter(w_gate_up, requires_grad=False)
-        self.w_down_t = torch.nn.Parameter(w_down_t, requires_grad=False)
+        w_gate_up, w_down_t = pack_ffn_weights(gate.detach().float(), up.detach().float(), down.detach().float())
+        self.quant = quant
         self.layer = layer
-        self.activation = activation
+        self.activation = ACTIVATION_CODES[activation]
         self.context = context
+        if quant.quantized:
+            m, _, d = w_gate_up.shape
+            for name, rows in (("gate_up", w_gate_up.reshape(2 * m, d)), ("down", w_down_t)):
+                q = quantize_rows(rows.numpy(), quant.bits, quant.group_size)
+                self.register_buffer(f"{name}_codes", torch.from_numpy(q.blocked_codes()))
+                self.register_buffer(f"{name}_scales", torch.from_numpy(q.scales))
+        else:
+            self.w_gate_up = torch.nn.Parameter(w_gate_up, requires_grad=False)
+            self.w_down_t = torch.nn.Parameter(w_down_t, requires_grad=False)
 
     def forward(self, x):
-        ctx = self.context
+        ctx, q = self.context, self.quant
         if ctx.mode == "gather":
-            return torch.ops.glass.gather_ffn(
-                x, self.w_gate_up, self.w_down_t, ctx.indices[self.layer], ACTIVATION_CODES[self.activation]
-            )
-        m, _, d = self.w_gate_up.shape
-        if ctx.dense_ops:
-            z = torch.ops.glass.ffn_up(x, self.w_gate_up, ACTIVATION_CODES[self.activation])
+            idx = ctx.indices[self.layer]
+            if q.quantized:
+                return torch.ops.glass.gather_ffn_q(x, self.gate_up_codes, self.gate_up_scales, self.down_codes,
+                                                    self.down_scales, idx, self.activation, q.bits, q.group_size,
+                                                    q.accuracy_level)
+            return torch.ops.glass.gather_ffn(x, self.w_gate_up, self.w_down_t, idx, self.activation)
+        if q.quantized:
+            z = torch.ops.glass.ffn_up_q(x, self.gate_up_codes, self.gate_up_scales, self.activation, q.bits,
+                                         q.group_size, q.accuracy_level)
         else:
-            # One matmul over [2m, d] rows (gate_i, up_i interleaved), the same bytes the gather op reads.
-            gate_up = torch.matmul(x, self.w_gate_up.reshape(2 * m, d).transpose(0, 1)).unflatten(-1, (m, 2))
-            z = apply_activation(self.activation, gate_up[..., 0]) * gate_up[..., 1]
+            z = torch.ops.glass.ffn_up(x, self.w_gate_up, self.activation)
         if ctx.mode == "record":
-            ctx.stats.append(normalised_square_sum(z.reshape(-1, m)))
-        return torch.ops.glass.ffn_down(z, self.w_down_t) if ctx.dense_ops else torch.matmul(z, self.w_down_t)
+            ctx.stats.append(normalised_square_sum(z.reshape(-1, z.shape[-1])))
+        if q.quantized:
+            return torch.ops.glass.ffn_down_q(z, self.down_codes, self.down_scales, q.bits, q.group_size)
+        return torch.ops.glass.ffn_down(z, self.w_down_t)
 
 
-def graph_model(model, dense_ops: bool = False):
+def graph_model(model, quant: QuantScheme = QuantScheme()):
     """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext."""
     ffns = ffn_layers(model)
-    context = FFNContext(dense_ops)
+    context = FFNContext()
     clone = copy.deepcopy(model).eval()
     for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
-        layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context)
+        layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context, quant)
     return clone, context
 
 
@@ -117,19 +123,12 @@ class StaticKV(torch.nn.Module):
         return self.cache
 
 
-def flatten_cache(cache) -> list[torch.Tensor]:
-    tensors = []
-    for layer in cache.layers:
-        tensors += [layer.keys, layer.values]
-    return tensors
-
-
 class PrefillGraph(torch.nn.Module):
     def __init__(self, model, context: FFNContext, config: SelectionConfig, global_rank: torch.Tensor | None, m: int,
-                 kv: StaticKV | None = None):
+                 kv: StaticKV):
         super().__init__()
         self.model = model
-        self.kv = kv  # None: a dynamic cache, returned as present tensors
+        self.kv = kv
         self.context = context
         self.config = config
         self.k = config.keep_count(m)
@@ -141,24 +140,19 @@ class PrefillGraph(torch.nn.Module):
         else:
             self.global_rank = None
         if config.method == "random":
-            # a constant of the graph: torch.export cannot trace a seeded randperm (selection.select_with_ranks
-            # draws the same set)
+            # a constant of the graph: torch.export cannot trace a seeded randperm (select_with_ranks draws
+            # the same set)
             self.register_buffer("fixed_indices", random_selection(self.num_layers, m, self.k, config.seed))
 
     def forward(self, input_ids):
-        self.context.mode = "record"
+        record = self.config.needs_local_stats
+        self.context.mode = "record" if record else "dense"
         self.context.stats = []
-        if self.kv is None:
-            cache = DynamicCache(config=self.model.config)
-        else:
-            cache = self.kv.at(torch.zeros((), dtype=torch.int64), reset=True)
+        cache = self.kv.at(torch.zeros((), dtype=torch.int64), reset=True)
         out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
-        local = torch.stack(self.context.stats).sqrt()
+        local = torch.stack(self.context.stats).sqrt() if record else torch.zeros(self.num_layers, self.m)
         self.context.mode = "dense"
-        indices = self.select(local)
-        if self.kv is not None:
-            return out.logits, local, indices
-        return (out.logits, local, indices, *flatten_cache(out.cache))
+        return out.logits, local, self.select(local)
 
     def select(self, local: torch.Tensor) -> torch.Tensor:
         if self.config.method == "random":
@@ -167,23 +161,17 @@ class PrefillGraph(torch.nn.Module):
 
 
 class DecodeGraph(torch.nn.Module):
-    def __init__(self, model, context: FFNContext, sparse: bool, kv: StaticKV | None = None):
+    def __init__(self, model, context: FFNContext, sparse: bool, kv: StaticKV):
         super().__init__()
         self.model = model
         self.context = context
         self.sparse = sparse
-        self.kv = kv  # None: the past comes in as tensors and the present goes out
+        self.kv = kv
 
-    def forward(self, input_ids, position_ids, indices, past: tuple[torch.Tensor, ...] = ()):
+    def forward(self, input_ids, position_ids, indices):
         self.context.mode = "gather" if self.sparse else "dense"
         self.context.indices = indices
-        if self.kv is None:
-            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=self.model.config)
-        else:
-            cache = self.kv.at(position_ids)
-        out = self.model(input_ids=input_ids, position_ids=position_ids, cache=cache, use_cache=True)
+        out = self.model(input_ids=input_ids, position_ids=position_ids, cache=self.kv.at(position_ids), use_cache=True)
         self.context.mode = "dense"
         self.context.indices = None
-        if self.kv is not None:
-            return out.logits
-        return (out.logits, *flatten_cache(out.cache))
+        return out.logits

@@ -20,6 +20,10 @@ WEIGHT_SCHEMES = ("fp32", "int8", "int4")
 FILES = TARGET_FILES["onnx"]
 
 
+def check_quant(quant) -> None:
+    """Every scheme and accuracy level is available on ONNX Runtime."""
+
+
 def check_loads(directory: Path, names) -> None:
     """Both graphs load in a stock onnxruntime (the glass ops through their function fallbacks).
 
@@ -47,15 +51,16 @@ def export(ctx: ExportContext) -> RecipeOutput:
     ctx.step("checking graphs")
     check_loads(ctx.out, (FILES["prefill"], FILES["decode"]))
 
+    kv_buffer = f"float32 [1, kv_heads, {ctx.max_seq_len}, head_dim]"
     graphs = {
         "prefill": {
             "file": FILES["prefill"],
-            "inputs": {"input_ids": "int64 [1, T]"},
+            "inputs": {"input_ids": "int64 [1, T]", "past_key_values.N.key / .value": kv_buffer},
             "outputs": {
                 "logits": "float32 [1, T, vocab]",
                 "glass_local_scores": f"float32 [{num_layers}, {m}]",
                 "glass_indices": f"int64 [{num_layers}, {k}], ascending per layer",
-                "present.N.key / present.N.value": "float32 [1, kv_heads, T, head_dim]",
+                "present.N.key / present.N.value": kv_buffer + ", positions 0..T-1 written",
             },
             "nodes": stats["nodes"]["prefill"],
         },
@@ -66,9 +71,10 @@ def export(ctx: ExportContext) -> RecipeOutput:
                 "position_ids": "int64 [1, 1] (= tokens already in the cache)",
                 "glass_indices": f"int64 [{num_layers}, {k}] from prefill"
                 + ("" if config.sparse_decode else " (unused by the dense FFN)"),
-                "past_key_values.N.key / .value": "float32 [1, kv_heads, P, head_dim]",
+                "past_key_values.N.key / .value": kv_buffer,
             },
-            "outputs": {"logits": "float32 [1, 1, vocab]", "present.N.key / .value": "float32 [1, kv_heads, P+1, head_dim]"},
+            "outputs": {"logits": "float32 [1, 1, vocab]",
+                        "present.N.key / .value": kv_buffer + ", position position_ids written"},
             "nodes": stats["nodes"]["decode"],
         },
     }
@@ -85,4 +91,5 @@ def export(ctx: ExportContext) -> RecipeOutput:
         "weights_bytes": stats["bytes_written"],
         "weights_bytes_referenced_by_graphs": stats["bytes_referenced"],
     }
-    return RecipeOutput(graphs, runtime, kv_storage="past/present tensors passed from graph to graph")
+    return RecipeOutput(graphs, runtime, kv_storage="one buffer of max_seq_len positions per layer and kind, bound as "
+                                                    "both past input and present output (written in place)")

@@ -332,23 +332,34 @@ class DecoderGraph:
                 h, _ = self.skip_rms_norm(y, residual, spec.final_norm, "final_norm")
         return self.lm_head(h)
 
-    def kv_outputs(self, length: str) -> None:
+    def kv_inputs(self) -> list[str]:
+        """The KV cache buffers [1, kv_heads, max_seq_len, head_dim] per layer: GroupQueryAttention writes the
+        new positions into them in place when each present output is bound to its past input's memory."""
+        spec, names = self.spec, []
+        for layer in range(len(spec.layers)):
+            for kv in ("key", "value"):
+                names.append(self.g.add_input(f"past_key_values.{layer}.{kv}", TensorProto.FLOAT,
+                                              [1, spec.num_kv_heads, self.plan.max_seq_len, spec.head_dim]))
+        return names
+
+    def kv_outputs(self) -> None:
         spec = self.spec
         for layer in range(len(spec.layers)):
             for kv in ("key", "value"):
-                name = f"present.{layer}.{kv}"
                 self.g.outputs.append(helper.make_tensor_value_info(
-                    name, TensorProto.FLOAT, [1, spec.num_kv_heads, length, spec.head_dim]))
+                    f"present.{layer}.{kv}", TensorProto.FLOAT,
+                    [1, spec.num_kv_heads, self.plan.max_seq_len, spec.head_dim]))
 
     def build_prefill(self) -> "DecoderGraph":
         plan, g = self.plan, self.g
         ids = g.add_input("input_ids", TensorProto.INT64, [1, "sequence_length"])
+        past_names = self.kv_inputs()
         length = g.op("Gather", [g.op("Shape", [ids]), g.const(1)], axis=0)  # T, int64 scalar
         total = g.op("Cast", [length], to=TensorProto.INT32)
         seqlens_k = g.op("Reshape", [g.op("Cast", [g.op("Sub", [length, g.const(1)])], to=TensorProto.INT32),
                                      g.const([1])])
         record = plan.selection.needs_local_stats
-        logits = self.decoder(ids, None, seqlens_k, total, lambda layer, h: self.dense_ffn(layer, h, record))
+        logits = self.decoder(ids, past_names, seqlens_k, total, lambda layer, h: self.dense_ffn(layer, h, record))
         if record:
             stacked = g.op("Concat", [g.op("Unsqueeze", [s, g.const([0])]) for s in self.local_stats], axis=0)
             local = g.op("Sqrt", [stacked])
@@ -359,7 +370,7 @@ class DecoderGraph:
         g.add_output(logits, "logits", TensorProto.FLOAT, [1, "sequence_length", self.spec.vocab_size])
         g.add_output(local, "glass_local_scores", TensorProto.FLOAT, [plan.num_layers, plan.m])
         g.add_output(indices, "glass_indices", TensorProto.INT64, [plan.num_layers, plan.k])
-        self.kv_outputs("sequence_length")
+        self.kv_outputs()
         return self
 
     def build_decode(self) -> "DecoderGraph":
@@ -367,11 +378,7 @@ class DecoderGraph:
         ids = g.add_input("input_ids", TensorProto.INT64, [1, 1])
         position = g.add_input("position_ids", TensorProto.INT64, [1, 1])
         indices = g.add_input("glass_indices", TensorProto.INT64, [plan.num_layers, plan.k])
-        past_names = []
-        for layer in range(plan.num_layers):
-            for kv in ("key", "value"):
-                past_names.append(g.add_input(f"past_key_values.{layer}.{kv}", TensorProto.FLOAT,
-                                              [1, spec.num_kv_heads, "past_sequence_length", spec.head_dim]))
+        past_names = self.kv_inputs()
         past_length = g.op("Reshape", [position, g.const([1])])
         seqlens_k = g.op("Cast", [past_length], to=TensorProto.INT32)
         total = g.op("Cast", [g.op("Add", [g.op("Reshape", [position, g.const([])]), g.const(1)])],
@@ -382,7 +389,7 @@ class DecoderGraph:
             ffn = lambda layer, h: self.dense_ffn(layer, h, record=False)  # noqa: E731
         logits = self.decoder(ids, past_names, seqlens_k, total, ffn)
         g.add_output(logits, "logits", TensorProto.FLOAT, [1, 1, spec.vocab_size])
-        self.kv_outputs("total_sequence_length")
+        self.kv_outputs()
         return self
 
     def selection(self, local: str) -> str:

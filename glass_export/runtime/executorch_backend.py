@@ -52,6 +52,7 @@ class ExecuTorchBackend(Backend):
                 f"this ExecuTorch artifact needs the glass kernels ({exc})",
                 "build them with `bash runtime_ops/build.sh`, or set GLASS_OPS_LIB_DIR to their directory",
             ) from exc
+        import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
         from executorch.extension.pybindings import _C as pybindings
         from executorch.runtime import Runtime
 

@@ -16,7 +16,7 @@
 // The down projection always multiplies the float activation z by the dequantised row.
 //
 // SIMD variants (x86-64 AVX2 and AVX-512 VNNI, arm64 NEON and NEON dotprod) implement two
-// primitives, `dot2` and `axpy`, and are chosen at run time (quant_kernels()); the scalar
+// primitives, `dot` and `axpy2`, and are chosen at run time (quant_kernels()); the scalar
 // versions here are the portable fallback and the reference the fuzz test holds them to.
 #pragma once
 
@@ -150,9 +150,10 @@ inline void prepare_x(const float* x, int64_t cols, int bits, int64_t block, Acc
 // The two primitives every SIMD variant implements.
 struct QuantKernels {
   const char* name;
-  // Int8 accuracy: *a = row_a . x and *b = row_b . x (the gate and the up row of one neuron).
-  void (*dot2)(const uint8_t* row_a, const float* scales_a, const uint8_t* row_b, const float* scales_b,
-               const PreparedX& x, int bits, int64_t block, float* a, float* b);
+  // Int8 accuracy: out[r] = rows[r] . x for n_rows = 2 or 4 rows (the gate and up rows of one or two
+  // neurons), every load of x shared by all of them.
+  void (*dot)(const uint8_t* const* rows, const float* const* scales, int n_rows, const PreparedX& x, int bits,
+              int64_t block, float* out);
   // Down projection, two rows at once (row_b may be null): acc += coef_a * s_a * u_a + coef_b * s_b * u_b
   // over the raw codes u, in code order (see DownAccumulator), and coef_sums[g] += the coefficients
   // of block g, from which finish_down takes the zero points off once.
@@ -190,10 +191,9 @@ inline float dot_int8_scalar(const uint8_t* row, const float* scales, const Prep
   return acc;
 }
 
-inline void dot2_scalar(const uint8_t* row_a, const float* scales_a, const uint8_t* row_b, const float* scales_b,
-                        const PreparedX& x, int bits, int64_t block, float* a, float* b) {
-  *a = dot_int8_scalar(row_a, scales_a, x, bits, block);
-  *b = dot_int8_scalar(row_b, scales_b, x, bits, block);
+inline void dot_scalar(const uint8_t* const* rows, const float* const* scales, int n_rows, const PreparedX& x, int bits,
+                       int64_t block, float* out) {
+  for (int r = 0; r < n_rows; ++r) out[r] = dot_int8_scalar(rows[r], scales[r], x, bits, block);
 }
 
 // Position of element i inside the code-order accumulator: 4-bit codes hold, per 32-value
@@ -205,22 +205,30 @@ inline int64_t code_position(int64_t i, int bits) {
   return i - within + (within & 1) * 16 + within / 2;
 }
 
-inline void axpy_row_scalar(const uint8_t* row, const float* scales, float coef, float* acc, float* coef_sums,
-                            int64_t cols, int bits, int64_t block) {
+// The outer loop every axpy2 shares: per block, the two rows' coefficients (coef x scale) added to
+// coef_sums; then sub(s, c_a, c_b) adds one 32-value sub-block s of both rows into the accumulator.
+template <typename Sub>
+inline void for_each_block(const float* scales_a, float coef_a, const float* scales_b, float coef_b, float* coef_sums,
+                           int64_t cols, int64_t block, const Sub& sub) {
+  const int64_t subs_per_block = block / kSubBlock;
   for (int64_t g = 0; g < cols / block; ++g) {
-    const float c = coef * scales[g];
-    coef_sums[g] += c;
-    for (int64_t i = g * block; i < (g + 1) * block; ++i) {
-      acc[code_position(i, bits)] += c * static_cast<float>(code_at(row, bits, i));
-    }
+    const float ca = coef_a * scales_a[g];
+    const float cb = scales_b != nullptr ? coef_b * scales_b[g] : 0.0f;
+    coef_sums[g] += ca + cb;
+    for (int64_t s = g * subs_per_block; s < (g + 1) * subs_per_block; ++s) sub(s, ca, cb);
   }
 }
 
 inline void axpy2_scalar(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b,
                          const float* scales_b, float coef_b, float* acc, float* coef_sums, int64_t cols, int bits,
                          int64_t block) {
-  axpy_row_scalar(row_a, scales_a, coef_a, acc, coef_sums, cols, bits, block);
-  if (row_b != nullptr) axpy_row_scalar(row_b, scales_b, coef_b, acc, coef_sums, cols, bits, block);
+  for_each_block(scales_a, coef_a, row_b != nullptr ? scales_b : nullptr, coef_b, coef_sums, cols, block,
+                 [&](int64_t s, float ca, float cb) {
+    for (int64_t i = s * kSubBlock; i < (s + 1) * kSubBlock; ++i) {
+      acc[code_position(i, bits)] += ca * static_cast<float>(code_at(row_a, bits, i));
+      if (row_b != nullptr) acc[code_position(i, bits)] += cb * static_cast<float>(code_at(row_b, bits, i));
+    }
+  });
 }
 
 // Float32 accuracy: the dequantised row dotted with the float x (not on the int8 fast path).
@@ -237,7 +245,7 @@ inline float dot_float(const uint8_t* row, const float* scales, const float* x, 
 }
 
 inline const QuantKernels& scalar_kernels() {
-  static const QuantKernels table{"scalar", dot2_scalar, axpy2_scalar};
+  static const QuantKernels table{"scalar", dot_scalar, axpy2_scalar};
   return table;
 }
 
@@ -251,18 +259,21 @@ void set_quant_kernels_for_testing(const QuantKernels* kernels);
 
 // --- the ops ---------------------------------------------------------------------------------
 
-// gate . x and up . x of neuron i for token t.
-inline void gate_up_dot(const QuantKernels& kernels, const QuantRows& gate_up, int64_t neuron,
-                        const PreparedX& x, Accuracy accuracy, float* g, float* u) {
-  const uint8_t* gate = gate_up.row(2 * neuron);
-  const uint8_t* up = gate_up.row(2 * neuron + 1);
-  const float* gate_scales = gate_up.row_scales(2 * neuron);
-  const float* up_scales = gate_up.row_scales(2 * neuron + 1);
+// gate . x and up . x of `count` (1 or 2) neurons for one token: out = {g0, u0, g1, u1}.
+inline void gate_up_dot(const QuantKernels& kernels, const QuantRows& gate_up, const int64_t* neurons, int count,
+                        const PreparedX& x, Accuracy accuracy, float* out) {
+  const uint8_t* rows[4];
+  const float* scales[4];
+  for (int n = 0; n < count; ++n) {
+    for (int half = 0; half < 2; ++half) {
+      rows[2 * n + half] = gate_up.row(2 * neurons[n] + half);
+      scales[2 * n + half] = gate_up.row_scales(2 * neurons[n] + half);
+    }
+  }
   if (accuracy == Accuracy::Int8) {
-    kernels.dot2(gate, gate_scales, up, up_scales, x, gate_up.bits, gate_up.block, g, u);
+    kernels.dot(rows, scales, 2 * count, x, gate_up.bits, gate_up.block, out);
   } else {
-    *g = dot_float(gate, gate_scales, x.x, gate_up.cols, gate_up.bits, gate_up.block);
-    *u = dot_float(up, up_scales, x.x, gate_up.cols, gate_up.bits, gate_up.block);
+    for (int r = 0; r < 2 * count; ++r) out[r] = dot_float(rows[r], scales[r], x.x, gate_up.cols, gate_up.bits, gate_up.block);
   }
 }
 
@@ -418,14 +429,14 @@ void gather_ffn_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up
         prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead - 1]);
         prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead]);
       }
+      const int64_t neurons[2] = {first, second};
       for (int64_t t = 0; t < n_tokens; ++t) {
-        float g0, u0, g1 = 0.0f, u1 = 0.0f;
-        gate_up_dot(kernels, gate_up, first, prepared[t], accuracy, &g0, &u0);
-        if (pair) gate_up_dot(kernels, gate_up, second, prepared[t], accuracy, &g1, &u1);
-        kernels.axpy2(down.row(first), down.row_scales(first), activate(act, g0) * u0,
+        float gu[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        gate_up_dot(kernels, gate_up, neurons, pair ? 2 : 1, prepared[t], accuracy, gu);
+        kernels.axpy2(down.row(first), down.row_scales(first), activate(act, gu[0]) * gu[1],
                       pair ? down.row(second) : nullptr, pair ? down.row_scales(second) : nullptr,
-                      pair ? activate(act, g1) * u1 : 0.0f, sums.acc(task, t), sums.coef_sums(task, t), d, down.bits,
-                      down.block);
+                      pair ? activate(act, gu[2]) * gu[3] : 0.0f, sums.acc(task, t), sums.coef_sums(task, t), d,
+                      down.bits, down.block);
       }
     }
   });
@@ -439,20 +450,59 @@ void ffn_up_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up, in
   const QuantKernels& kernels = quant_kernels();
   const std::vector<PreparedX> prepared = prepare_tokens(x, n_tokens, gate_up, accuracy);
   for_each_task(m, n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = begin; i < end; i += 2) {
+      const int count = i + 1 < end ? 2 : 1;
+      const int64_t neurons[2] = {i, i + count - 1};
       for (int64_t t = 0; t < n_tokens; ++t) {
-        float g, u;
-        gate_up_dot(kernels, gate_up, i, prepared[t], accuracy, &g, &u);
-        z[t * m + i] = activate(act, g) * u;
+        float gu[4];
+        gate_up_dot(kernels, gate_up, neurons, count, prepared[t], accuracy, gu);
+        for (int n = 0; n < count; ++n) z[t * m + i + n] = activate(act, gu[2 * n]) * gu[2 * n + 1];
       }
     }
   });
 }
 
+// Row r as floats: out[i] = scale * (u_i - Z).
+inline void dequantize_row(const QuantRows& rows, int64_t r, float* out) {
+  const int z = zero_point(rows.bits);
+  const uint8_t* codes = rows.row(r);
+  const float* scales = rows.row_scales(r);
+  for (int64_t i = 0; i < rows.cols; ++i) out[i] = scales[i / rows.block] * static_cast<float>(code_at(codes, rows.bits, i) - z);
+}
+
+// From this many tokens on (prefill), ffn_down_quant decodes each row once into floats and adds every
+// token's share with float multiply-adds, instead of decoding the codes again for every token.
+constexpr int64_t kDequantizeOnceTokens = 4;
+
 // Dense second half: y [n_tokens, d] = z [n_tokens, m] . dequantised down rows.
 template <typename ParallelFor>
 void ffn_down_quant(const float* z, int64_t n_tokens, int64_t m, const QuantRows& down, float* y, int64_t n_tasks,
                     const ParallelFor& parallel_for) {
+  if (n_tokens >= kDequantizeOnceTokens) {
+    const int64_t d = down.cols, out_size = n_tokens * d;
+    std::vector<float> partial(static_cast<size_t>(n_tasks * out_size), 0.0f);
+    for_each_task(m, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+      std::vector<float> rows(static_cast<size_t>(4 * d), 0.0f);  // four neurons' rows per pass over y (axpy4)
+      float* acc = partial.data() + task * out_size;
+      for (int64_t i = begin; i < end; i += 4) {
+        const int64_t count = std::min<int64_t>(4, end - i);
+        for (int64_t r = 0; r < 4; ++r) {
+          if (r < count) {
+            dequantize_row(down, i + r, rows.data() + r * d);
+          } else {
+            std::fill_n(rows.data() + r * d, d, 0.0f);
+          }
+        }
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          for (int64_t r = 0; r < count; ++r) a[r] = z[t * m + i + r];
+          axpy4(a, rows.data(), d, acc + t * d);
+        }
+      }
+    });
+    reduce_partials(partial, n_tasks, out_size, y);
+    return;
+  }
   const QuantKernels& kernels = quant_kernels();
   DownAccumulator sums(n_tasks, n_tokens, down.cols, down.blocks());
   for_each_task(m, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {

@@ -115,31 +115,30 @@ inline void widen_codes(const uint8_t* codes, int bits, __m256* out) {
 
 void axpy2(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b, const float* scales_b,
            float coef_b, float* acc, float* coef_sums, int64_t cols, int bits, int64_t block) {
-  const int64_t subs_per_block = block / kSubBlock;
   const int64_t bytes_per_sub = kSubBlock * bits / 8;
-  for (int64_t g = 0; g < cols / block; ++g) {
-    const float ca = coef_a * scales_a[g];
-    const float cb = row_b != nullptr ? coef_b * scales_b[g] : 0.0f;
-    coef_sums[g] += ca + cb;
-    const __m256 va = _mm256_set1_ps(ca), vb = _mm256_set1_ps(cb);
-    for (int64_t s = g * subs_per_block; s < (g + 1) * subs_per_block; ++s) {
-      float* out = acc + s * kSubBlock;
-      __m256 a[4], b[4];
-      widen_codes(row_a + s * bytes_per_sub, bits, a);
-      if (row_b != nullptr) widen_codes(row_b + s * bytes_per_sub, bits, b);
-      for (int p = 0; p < 4; ++p) {
-        __m256 sum = _mm256_fmadd_ps(a[p], va, _mm256_loadu_ps(out + 8 * p));
-        if (row_b != nullptr) sum = _mm256_fmadd_ps(b[p], vb, sum);
-        _mm256_storeu_ps(out + 8 * p, sum);
-      }
+  for_each_block(scales_a, coef_a, row_b != nullptr ? scales_b : nullptr, coef_b, coef_sums, cols, block,
+                 [&](int64_t s, float ca, float cb) {
+    float* out = acc + s * kSubBlock;
+    __m256 a[4], b[4];
+    widen_codes(row_a + s * bytes_per_sub, bits, a);
+    if (row_b != nullptr) widen_codes(row_b + s * bytes_per_sub, bits, b);
+    for (int p = 0; p < 4; ++p) {
+      __m256 sum = _mm256_fmadd_ps(a[p], _mm256_set1_ps(ca), _mm256_loadu_ps(out + 8 * p));
+      if (row_b != nullptr) sum = _mm256_fmadd_ps(b[p], _mm256_set1_ps(cb), sum);
+      _mm256_storeu_ps(out + 8 * p, sum);
     }
-  }
+  });
+}
+
+void dot(const uint8_t* const* rows, const float* const* scales, int n_rows, const PreparedX& x, int bits,
+         int64_t block, float* out) {
+  for (int r = 0; r < n_rows; r += 2) dot2(rows[r], scales[r], rows[r + 1], scales[r + 1], x, bits, block, out + r, out + r + 1);
 }
 
 }  // namespace
 
 const QuantKernels* avx2_kernels() {
-  static const QuantKernels table{"avx2", dot2, axpy2};
+  static const QuantKernels table{"avx2", dot, axpy2};
   return &table;
 }
 

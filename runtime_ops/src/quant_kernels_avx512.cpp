@@ -35,48 +35,63 @@ inline __m512 lane_weight_scales(const float* scales, const LaneScaleIndex& at) 
   return _mm512_permutexvar_ps(at.index, _mm512_maskz_loadu_ps(at.load_mask, scales + at.first_block));
 }
 
-// int32 lanes of (u - Z) * q for 64 bytes of one row (4 sub-blocks of 4-bit or 2 of 8-bit).
-inline __m512i lane_products(__m512i codes, const PreparedX& x, int64_t sub, int bits, __mmask64 byte_mask,
-                             __mmask16 lane_mask) {
-  const __m512i zero_lanes = _mm512_maskz_loadu_epi32(lane_mask, x.lane_zero.data() + sub * lanes_per_sub(bits));
-  if (bits == 4) {
-    const __m512i low_mask = _mm512_set1_epi8(0x0F);
-    const __m512i lo = _mm512_and_si512(codes, low_mask);
-    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_mask);
-    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_maskz_loadu_epi8(byte_mask, x.even.data() + sub * 16));
-    acc = _mm512_dpbusd_epi32(acc, hi, _mm512_maskz_loadu_epi8(byte_mask, x.odd.data() + sub * 16));
-    return _mm512_sub_epi32(acc, zero_lanes);
-  }
-  const __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes,
-                                          _mm512_maskz_loadu_epi8(byte_mask, x.natural.data() + sub * 32));
-  return _mm512_sub_epi32(acc, zero_lanes);
-}
-
-void dot2(const uint8_t* row_a, const float* scales_a, const uint8_t* row_b, const float* scales_b, const PreparedX& x,
-          int bits, int64_t block, float* a, float* b) {
-  const int lanes = lanes_per_sub(bits);
-  const int64_t subs_per_step = 16 / lanes;              // sub-blocks per 512-bit register
-  const int64_t bytes_per_sub = kSubBlock * bits / 8;    // 16 or 32
+// N rows' dot products with one token, sharing every load of the prepared activations: per step,
+// 64 bytes of each row (4 sub-blocks of 4-bit codes or 2 of 8-bit) meet the int8 activations in
+// vpdpbusd; the zero point comes off per lane, then each lane is scaled by its blocks' scales.
+template <int N, int BITS>
+void dot_rows(const uint8_t* const* rows, const float* const* scales, const PreparedX& x, int64_t block, float* out) {
+  constexpr int lanes = BITS == 4 ? 4 : 8;
+  constexpr int64_t subs_per_step = 16 / lanes;
+  constexpr int64_t bytes_per_sub = kSubBlock * BITS / 8;
   const int64_t subs_per_block = block / kSubBlock;
   const int shift = __builtin_ctzll(static_cast<unsigned long long>(subs_per_block));
-  __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  __m512 acc[N];
+  for (int r = 0; r < N; ++r) acc[r] = _mm512_setzero_ps();
   for (int64_t s = 0; s < x.n_sub; s += subs_per_step) {
     const int64_t here = std::min<int64_t>(subs_per_step, x.n_sub - s);
     const __mmask64 byte_mask = here == subs_per_step ? ~__mmask64{0} : ((__mmask64{1} << (here * bytes_per_sub)) - 1);
     const __mmask16 lane_mask = static_cast<__mmask16>((1u << (here * lanes)) - 1);
     const __m512 x_scale = _mm512_maskz_loadu_ps(lane_mask, x.lane_scale.data() + s * lanes);
-    const __m512i ia = lane_products(_mm512_maskz_loadu_epi8(byte_mask, row_a + s * bytes_per_sub), x, s, bits,
-                                     byte_mask, lane_mask);
-    const __m512i ib = lane_products(_mm512_maskz_loadu_epi8(byte_mask, row_b + s * bytes_per_sub), x, s, bits,
-                                     byte_mask, lane_mask);
+    const __m512i zero_lanes = _mm512_maskz_loadu_epi32(lane_mask, x.lane_zero.data() + s * lanes);
+    __m512i first, second;
+    if constexpr (BITS == 4) {
+      first = _mm512_maskz_loadu_epi8(byte_mask, x.even.data() + s * 16);
+      second = _mm512_maskz_loadu_epi8(byte_mask, x.odd.data() + s * 16);
+    } else {
+      first = _mm512_maskz_loadu_epi8(byte_mask, x.natural.data() + s * 32);
+      second = first;
+    }
     const LaneScaleIndex at = lane_scale_index(s, here, lanes, subs_per_block, shift);
-    const __m512 sa = _mm512_mul_ps(lane_weight_scales(scales_a, at), x_scale);
-    const __m512 sb = _mm512_mul_ps(lane_weight_scales(scales_b, at), x_scale);
-    acc_a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia), sa, acc_a);
-    acc_b = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ib), sb, acc_b);
+    for (int r = 0; r < N; ++r) {
+      const __m512i codes = _mm512_maskz_loadu_epi8(byte_mask, rows[r] + s * bytes_per_sub);
+      __m512i ints;
+      if constexpr (BITS == 4) {
+        ints = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(codes, low_mask), first);
+        ints = _mm512_dpbusd_epi32(ints, _mm512_and_si512(_mm512_srli_epi16(codes, 4), low_mask), second);
+      } else {
+        ints = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, first);
+      }
+      ints = _mm512_sub_epi32(ints, zero_lanes);
+      const __m512 scale = _mm512_mul_ps(lane_weight_scales(scales[r], at), x_scale);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, acc[r]);
+    }
   }
-  *a = _mm512_reduce_add_ps(acc_a);
-  *b = _mm512_reduce_add_ps(acc_b);
+  for (int r = 0; r < N; ++r) out[r] = _mm512_reduce_add_ps(acc[r]);
+}
+
+void dot(const uint8_t* const* rows, const float* const* scales, int n_rows, const PreparedX& x, int bits,
+         int64_t block, float* out) {
+  for (int r = 0; r < n_rows; r += 4) {
+    const int here = std::min(4, n_rows - r);
+    if (bits == 4) {
+      here == 4 ? dot_rows<4, 4>(rows + r, scales + r, x, block, out + r)
+                : dot_rows<2, 4>(rows + r, scales + r, x, block, out + r);
+    } else {
+      here == 4 ? dot_rows<4, 8>(rows + r, scales + r, x, block, out + r)
+                : dot_rows<2, 8>(rows + r, scales + r, x, block, out + r);
+    }
+  }
 }
 
 // The 32 raw codes of one sub-block as floats, in code order (two registers of 16).
@@ -94,35 +109,29 @@ inline void widen_codes(const uint8_t* codes, int bits, __m512* first, __m512* s
 
 void axpy2(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b, const float* scales_b,
            float coef_b, float* acc, float* coef_sums, int64_t cols, int bits, int64_t block) {
-  const int64_t subs_per_block = block / kSubBlock;
   const int64_t bytes_per_sub = kSubBlock * bits / 8;
-  for (int64_t g = 0; g < cols / block; ++g) {
-    const float ca = coef_a * scales_a[g];
-    const float cb = row_b != nullptr ? coef_b * scales_b[g] : 0.0f;
-    coef_sums[g] += ca + cb;
-    const __m512 va = _mm512_set1_ps(ca), vb = _mm512_set1_ps(cb);
-    for (int64_t s = g * subs_per_block; s < (g + 1) * subs_per_block; ++s) {
-      float* out = acc + s * kSubBlock;
-      __m512 lo = _mm512_loadu_ps(out), hi = _mm512_loadu_ps(out + 16);
-      __m512 first, second;
-      widen_codes(row_a + s * bytes_per_sub, bits, &first, &second);
-      lo = _mm512_fmadd_ps(first, va, lo);
-      hi = _mm512_fmadd_ps(second, va, hi);
-      if (row_b != nullptr) {
-        widen_codes(row_b + s * bytes_per_sub, bits, &first, &second);
-        lo = _mm512_fmadd_ps(first, vb, lo);
-        hi = _mm512_fmadd_ps(second, vb, hi);
-      }
-      _mm512_storeu_ps(out, lo);
-      _mm512_storeu_ps(out + 16, hi);
+  for_each_block(scales_a, coef_a, row_b != nullptr ? scales_b : nullptr, coef_b, coef_sums, cols, block,
+                 [&](int64_t s, float ca, float cb) {
+    float* out = acc + s * kSubBlock;
+    __m512 lo = _mm512_loadu_ps(out), hi = _mm512_loadu_ps(out + 16);
+    __m512 first, second;
+    widen_codes(row_a + s * bytes_per_sub, bits, &first, &second);
+    lo = _mm512_fmadd_ps(first, _mm512_set1_ps(ca), lo);
+    hi = _mm512_fmadd_ps(second, _mm512_set1_ps(ca), hi);
+    if (row_b != nullptr) {
+      widen_codes(row_b + s * bytes_per_sub, bits, &first, &second);
+      lo = _mm512_fmadd_ps(first, _mm512_set1_ps(cb), lo);
+      hi = _mm512_fmadd_ps(second, _mm512_set1_ps(cb), hi);
     }
-  }
+    _mm512_storeu_ps(out, lo);
+    _mm512_storeu_ps(out + 16, hi);
+  });
 }
 
 }  // namespace
 
 const QuantKernels* avx512vnni_kernels() {
-  static const QuantKernels table{"avx512vnni", dot2, axpy2};
+  static const QuantKernels table{"avx512vnni", dot, axpy2};
   return &table;
 }
 

@@ -88,23 +88,23 @@ inline void axpy_sub(const uint8_t* codes, int bits, float32x4_t c, float* acc) 
 
 void axpy2(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b, const float* scales_b,
            float coef_b, float* acc, float* coef_sums, int64_t cols, int bits, int64_t block) {
-  const int64_t subs_per_block = block / kSubBlock;
   const int64_t bytes_per_sub = kSubBlock * bits / 8;
-  for (int64_t g = 0; g < cols / block; ++g) {
-    const float ca = coef_a * scales_a[g];
-    const float cb = row_b != nullptr ? coef_b * scales_b[g] : 0.0f;
-    coef_sums[g] += ca + cb;
-    for (int64_t s = g * subs_per_block; s < (g + 1) * subs_per_block; ++s) {
-      axpy_sub(row_a + s * bytes_per_sub, bits, vdupq_n_f32(ca), acc + s * kSubBlock);
-      if (row_b != nullptr) axpy_sub(row_b + s * bytes_per_sub, bits, vdupq_n_f32(cb), acc + s * kSubBlock);
-    }
-  }
+  for_each_block(scales_a, coef_a, row_b != nullptr ? scales_b : nullptr, coef_b, coef_sums, cols, block,
+                 [&](int64_t s, float ca, float cb) {
+    axpy_sub(row_a + s * bytes_per_sub, bits, vdupq_n_f32(ca), acc + s * kSubBlock);
+    if (row_b != nullptr) axpy_sub(row_b + s * bytes_per_sub, bits, vdupq_n_f32(cb), acc + s * kSubBlock);
+  });
+}
+
+void dot(const uint8_t* const* rows, const float* const* scales, int n_rows, const PreparedX& x, int bits,
+         int64_t block, float* out) {
+  for (int r = 0; r < n_rows; r += 2) dot2(rows[r], scales[r], rows[r + 1], scales[r + 1], x, bits, block, out + r, out + r + 1);
 }
 
 }  // namespace
 
 const QuantKernels* GLASS_NEON_TABLE() {
-  static const QuantKernels table{GLASS_NEON_NAME, dot2, axpy2};
+  static const QuantKernels table{GLASS_NEON_NAME, dot, axpy2};
   return &table;
 }
 

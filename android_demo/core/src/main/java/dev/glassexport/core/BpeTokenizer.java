@@ -183,8 +183,4 @@ public final class BpeTokenizer {
     }
     return bytes.toString(StandardCharsets.UTF_8);
   }
-
-  public int vocabSize() {
-    return idToToken.size();
-  }
 }

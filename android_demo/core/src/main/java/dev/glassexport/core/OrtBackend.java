@@ -1,16 +1,19 @@
 package dev.glassexport.core;
 
 import ai.onnxruntime.OnnxTensor;
-import ai.onnxruntime.OnnxValue;
 import ai.onnxruntime.OrtEnvironment;
 import ai.onnxruntime.OrtException;
 import ai.onnxruntime.OrtSession;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
 
 /**
  * ONNX Runtime backend over prefill.onnx and decode.onnx. The same class runs on the host (the
@@ -53,6 +56,7 @@ public final class OrtBackend implements Backend {
       this.opImplementation = implementation;
       this.prefill = env.createSession(manifest.file("prefill").toString(), options);
       this.decode = env.createSession(manifest.file("decode").toString(), options);
+      this.cache = allocateCache(env, manifest);
     } catch (OrtException e) {
       throw new GlassException("onnxruntime cannot load " + manifest.directory + ": " + e.getMessage(), "re-export the artifact", e);
     }
@@ -64,13 +68,14 @@ public final class OrtBackend implements Backend {
 
   @Override
   public Prefill prefill(long[] ids) {
-    closeCache();
-    try (OnnxTensor input = OnnxTensor.createTensor(env, new long[][] {ids});
-        OrtSession.Result out = prefill.run(Map.of("input_ids", input))) {
-      float[][][] logits = (float[][][]) out.get("logits").get().getValue();
-      long[][] indices = (long[][]) out.get("glass_indices").get().getValue();
-      cache = copyPresent(out);
-      return new Prefill(logits[0][logits[0].length - 1], indices);
+    Map<String, OnnxTensor> feeds = new HashMap<>(cacheFeeds());
+    try (OnnxTensor input = OnnxTensor.createTensor(env, new long[][] {ids})) {
+      feeds.put("input_ids", input);
+      try (OrtSession.Result out = prefill.run(feeds, Set.of("logits", "glass_indices"), cacheOutputs())) {
+        float[][][] logits = (float[][][]) out.get("logits").get().getValue();
+        long[][] indices = (long[][]) out.get("glass_indices").get().getValue();
+        return new Prefill(logits[0][logits[0].length - 1], indices);
+      }
     } catch (OrtException e) {
       throw new GlassException("prefill failed: " + e.getMessage(), null, e);
     }
@@ -78,19 +83,15 @@ public final class OrtBackend implements Backend {
 
   @Override
   public float[] decode(long token, long position, long[][] indices) {
-    Map<String, OnnxTensor> feeds = new HashMap<>();
+    Map<String, OnnxTensor> feeds = new HashMap<>(cacheFeeds());
     try (OnnxTensor ids = OnnxTensor.createTensor(env, new long[][] {{token}});
         OnnxTensor pos = OnnxTensor.createTensor(env, new long[][] {{position}});
         OnnxTensor idx = OnnxTensor.createTensor(env, indices)) {
       feeds.put("input_ids", ids);
       feeds.put("position_ids", pos);
       feeds.put("glass_indices", idx);
-      for (int i = 0; i < manifest.pastNames.size(); i++) feeds.put(manifest.pastNames.get(i), cache.get(i));
-      try (OrtSession.Result out = decode.run(feeds)) {
+      try (OrtSession.Result out = decode.run(feeds, Set.of("logits"), cacheOutputs())) {
         float[][][] logits = (float[][][]) out.get("logits").get().getValue();
-        List<OnnxTensor> next = copyPresent(out);
-        closeCache();
-        cache = next;
         return logits[0][0];
       }
     } catch (OrtException e) {
@@ -98,15 +99,31 @@ public final class OrtBackend implements Backend {
     }
   }
 
-  /** Results are closed with their run; keep the present KV as tensors of our own. */
-  private List<OnnxTensor> copyPresent(OrtSession.Result out) throws OrtException {
-    List<OnnxTensor> present = new ArrayList<>();
-    for (String name : manifest.presentNames) {
-      OnnxValue value = out.get(name).orElseThrow(() -> new GlassException("output " + name + " missing", "re-export"));
-      OnnxTensor tensor = (OnnxTensor) value;
-      present.add(OnnxTensor.createTensor(env, tensor.getFloatBuffer(), tensor.getInfo().getShape()));
+  /**
+   * The KV cache: one buffer [1, kv_heads, max_seq_len, head_dim] per layer and kind, fed as the past input
+   * and pinned as the present output, so GroupQueryAttention writes the new positions in place (no copy).
+   */
+  private Map<String, OnnxTensor> cacheFeeds() {
+    Map<String, OnnxTensor> feeds = new HashMap<>();
+    for (int i = 0; i < manifest.pastNames.size(); i++) feeds.put(manifest.pastNames.get(i), cache.get(i));
+    return feeds;
+  }
+
+  private Map<String, OnnxTensor> cacheOutputs() {
+    Map<String, OnnxTensor> outputs = new HashMap<>();
+    for (int i = 0; i < manifest.presentNames.size(); i++) outputs.put(manifest.presentNames.get(i), cache.get(i));
+    return outputs;
+  }
+
+  private static List<OnnxTensor> allocateCache(OrtEnvironment env, Manifest manifest) throws OrtException {
+    long[] shape = {1, manifest.numKvHeads, manifest.maxSeqLen, manifest.headDim};
+    int size = manifest.numKvHeads * manifest.maxSeqLen * manifest.headDim;
+    List<OnnxTensor> cache = new ArrayList<>();
+    for (int i = 0; i < manifest.pastNames.size(); i++) {
+      FloatBuffer buffer = ByteBuffer.allocateDirect(size * Float.BYTES).order(ByteOrder.nativeOrder()).asFloatBuffer();
+      cache.add(OnnxTensor.createTensor(env, buffer, shape));
     }
-    return present;
+    return cache;
   }
 
   private void closeCache() {
