@@ -2,7 +2,7 @@
 side by side on one machine.
 
     python bench/decode.py --model DIR [--priors P.safetensors --method i-glass --lambda 0.25]
-        [--density 0.5] [--schemes int4,int8,fp32] [--targets onnx,executorch]
+        [--density 0.5] [--schemes int4,int8,fp32] [--executorch-schemes int4] [--targets onnx,executorch]
         [--peers genai,llamacpp --gguf FILE.gguf] [--chat] [--decode-tokens 64] [--rounds 3]
         [--threads 2] [--work build/bench] [--out docs/real]
 
@@ -22,6 +22,7 @@ Writes decode_speedup.json and decode_speedup.png to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -103,13 +104,43 @@ class GenAI:
         return time_steps(prefill, step, prompt, decode_tokens)
 
 
+@contextlib.contextmanager
+def llama_cpp_without_extra_buffer_types():
+    """Load llama.cpp models with `use_extra_bufts = False` (llama.cpp's --no-repack): on CPUs with AMX,
+    llama.cpp 0.3.36 moves Q4_1 matmuls to its AMX backend, which crashes (SIGSEGV in
+    ggml_backend_amx_mul_mat, seen on a Xeon with AMX); without AMX the extra types only repack other
+    quantisation types, so Q4_1 runs the same kernels either way."""
+    import llama_cpp
+    import llama_cpp.llama as high_level
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        value = default()
+        value.use_extra_bufts = False
+        return value
+
+    high_level.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        high_level.llama_cpp.llama_model_default_params = default
+
+
+def cpu_has_amx() -> bool:
+    return any(line.startswith("flags") and " amx_int8" in line for line in open("/proc/cpuinfo"))
+
+
 class LlamaCpp:
     def __init__(self, gguf: Path, threads: int, context: int):
         from llama_cpp import Llama, __version__
 
-        self.llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context,
-                         n_batch=context, verbose=False)
-        self.description = f"llama.cpp (llama-cpp-python {__version__}), {gguf.name}"
+        amx = cpu_has_amx()
+        with llama_cpp_without_extra_buffer_types() if amx else contextlib.nullcontext():
+            self.llm = Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads, n_ctx=context,
+                             n_batch=context, verbose=False)
+        self.description = (f"llama.cpp (llama-cpp-python {__version__}), {gguf.name}"
+                            + (", no extra buffer types (its AMX path crashes)" if amx else ""))
         self.bytes = gguf.stat().st_size
 
     def run(self, prompt, decode_tokens) -> Timing:
@@ -135,10 +166,10 @@ def export_all(args, work: Path, prompt_len: int) -> dict:
     sparse = SelectionConfig(args.method, args.density, args.lam if args.method.endswith("glass") else None)
     dirs = {}
     for target in args.targets:
-        for scheme in args.schemes:
+        for scheme in args.schemes_of[target]:
             for kind, config in (("sparse", sparse), ("dense", SelectionConfig("dense"))):
                 out = work / f"{target}-{scheme}-{kind}-{config.describe().replace(' ', '_')}"
-                if not (out / "glass.json").is_file():
+                if args.fresh or not (out / "glass.json").is_file():
                     print(f"exporting {out.name} ...", flush=True)
                     start = time.perf_counter()
                     export_artifact(args.model, args.priors, config, target, out,
@@ -168,6 +199,8 @@ def main() -> None:
     parser.add_argument("--lambda", dest="lam", type=float, default=0.25)
     parser.add_argument("--density", type=float, default=0.5)
     parser.add_argument("--schemes", default="int4,int8,fp32")
+    parser.add_argument("--executorch-schemes", default=None,
+                        help="weight schemes for --targets executorch (default: --schemes; its exports take minutes)")
     parser.add_argument("--targets", default="onnx,executorch")
     parser.add_argument("--peers", default="genai,llamacpp")
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file for llama.cpp")
@@ -178,27 +211,35 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
     parser.add_argument("--work", type=Path, default=Path("build/bench"), help="where artifacts are kept between runs")
+    parser.add_argument("--fresh", action="store_true", help="re-export artifacts --work already holds (after code changes)")
+    parser.add_argument("--export-only", action="store_true", help="export what --work lacks, then stop (no timing)")
     parser.add_argument("--out", type=Path, default=Path("docs/real"))
     args = parser.parse_args()
     args.schemes, args.targets = args.schemes.split(","), args.targets.split(",")
+    args.schemes_of = {target: args.schemes for target in args.targets}
+    if args.executorch_schemes:
+        args.schemes_of["executorch"] = args.executorch_schemes.split(",")
     peers = [p for p in args.peers.split(",") if p]
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     import torch
-    from transformers.utils import logging as hf_logging
 
+    from glass_export.cli import quiet_libraries
     from glass_export.models import load_tokenizer
     from glass_export.prompts import encode_prompt
 
     torch.set_num_threads(args.threads)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    quiet_libraries()
     prompt = encode_prompt(load_tokenizer(args.model), args.prompt, args.chat)
     args.work.mkdir(parents=True, exist_ok=True)
     dirs = export_all(args, args.work, len(prompt))
+    if "genai" in peers:
+        genai_dir = build_genai(args, args.work)
+    if args.export_only:
+        return
     engines = {f"{t} {s} {k}": Ours(d, args.threads) for (t, s, k), d in dirs.items()}
     if "genai" in peers:
-        engines["onnxruntime-genai int4"] = GenAI(build_genai(args, args.work), args.threads)
+        engines["onnxruntime-genai int4"] = GenAI(genai_dir, args.threads)
     if "llamacpp" in peers:
         if args.gguf is None:
             parser.error("--peers llamacpp needs --gguf")
@@ -219,7 +260,7 @@ def main() -> None:
     by_name = {r["name"]: r for r in rows}
     ratios = {}
     for target in args.targets:
-        for scheme in args.schemes:
+        for scheme in args.schemes_of[target]:
             sparse, dense = by_name[f"{target} {scheme} sparse"], by_name[f"{target} {scheme} dense"]
             ratios[f"{target} {scheme}: sparse / dense twin"] = sparse["steady_tokens_per_s"] / dense["steady_tokens_per_s"]
     ours = by_name.get("onnx int4 sparse")

@@ -39,18 +39,23 @@ def kv_names(num_layers: int, prefix: str) -> list[str]:
     return names
 
 
+KV_HEADS_FIRST = "[batch=1, kv_heads, seq, head_dim]"
+KV_SEQ_FIRST = "[batch=1, seq, kv_heads, head_dim]"
+
+
 @dataclass(frozen=True)
 class KVLayout:
     num_layers: int
     num_kv_heads: int
     head_dim: int
     storage: str  # how the cache travels between the graphs
+    layout: str = KV_HEADS_FIRST
 
     @classmethod
-    def of(cls, config, storage: str) -> "KVLayout":
+    def of(cls, config, storage: str, layout: str = KV_HEADS_FIRST) -> "KVLayout":
         heads = config.num_attention_heads
         return cls(config.num_hidden_layers, getattr(config, "num_key_value_heads", None) or heads,
-                   getattr(config, "head_dim", None) or config.hidden_size // heads, storage)
+                   getattr(config, "head_dim", None) or config.hidden_size // heads, storage, layout)
 
     @property
     def past_names(self) -> list[str]:
@@ -62,7 +67,7 @@ class KVLayout:
 
     def to_dict(self) -> dict:
         return {"num_layers": self.num_layers, "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
-                "layout": "[batch=1, kv_heads, seq, head_dim]", "storage": self.storage,
+                "layout": self.layout, "storage": self.storage,
                 "past_names": self.past_names, "present_names": self.present_names}
 
 
@@ -163,7 +168,8 @@ class Manifest:
                 selection=selection,
                 quant=QuantScheme.from_dict(data["quantization"]),
                 max_seq_len=int(data["max_seq_len"]),
-                kv=KVLayout(int(kv["num_layers"]), int(kv["num_kv_heads"]), int(kv["head_dim"]), str(kv["storage"])),
+                kv=KVLayout(int(kv["num_layers"]), int(kv["num_kv_heads"]), int(kv["head_dim"]), str(kv["storage"]),
+                            str(kv["layout"])),
                 tokenizer=TokenizerInfo(list(tok["files"]), tok["bos_token_id"], [int(t) for t in tok["eos_token_ids"]],
                                         bool(tok["add_bos"])),
                 files=dict(data["files"]),

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
@@ -359,6 +360,7 @@ def export(model_dir, priors, method, density, lam, seed, weights, group_size, a
         size = (f"model.pte {runtime['pte_bytes'] / 2**20:.2f} MiB for {runtime['model_weight_bytes'] / 2**20:.2f} MiB "
                 f"of fp32 weights ({runtime['pte_bytes'] / runtime['model_weight_bytes']:.2f}x)")
     err_console.print(f"[green]wrote[/] {out}: {manifest.describe()}, max_seq_len={manifest.max_seq_len}, {size}")
+    err_console.print("[dim]" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in progress.times.items()) + "[/]")
 
 
 @main.command()
@@ -367,20 +369,48 @@ def export(model_dir, priors, method, density, lam, seed, weights, group_size, a
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="Runtime threads [default: runtime's choice].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (ONNX: run the function fallbacks).")
+@click.option("--twin", type=click.Path(path_type=Path), default=None,
+              help="The dense twin (`export --dense`): run it on the same prompt too and print the decode speed-up.")
 @CHAT_OPTION
 @friendly_errors
-def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
+def run(artifact, prompt, max_new_tokens, threads, no_native, twin, chat):
     """Generate with an exported artifact (greedy), streaming the text."""
+    if not prompt.strip():
+        raise GlassExportError("the prompt is empty", "pass some text with --prompt")
+    if twin is None:
+        run_artifact(artifact, prompt, max_new_tokens, threads, no_native, chat)
+        return
+    from .artifact import load_manifest
+
+    mine, theirs = load_manifest(artifact), load_manifest(twin)
+    if theirs.selection.sparse_decode:
+        raise GlassExportError(f"--twin {twin} is not a dense twin ({theirs.selection.describe()})",
+                               "export one with `glass-export export --dense ...` from the same model")
+    if theirs.model.fingerprint != mine.model.fingerprint:
+        raise GlassExportError(f"--twin {twin} was exported from another model", "export the twin from the same --model")
+    rates = []
+    for role, directory in (("sparse", artifact), ("dense twin", twin)):
+        err_console.print(f"[bold]{role}[/] ({directory})")
+        rates.append(run_artifact(directory, prompt, max_new_tokens, threads, no_native, chat, warm_up=True)
+                     .decode_tokens_per_second)
+    err_console.print(f"[green]decode speed-up {rates[0] / rates[1]:.2f}x[/] ({rates[0]:.1f} against {rates[1]:.1f} "
+                      f"tokens/s), keeping {mine.k / mine.m:.0%} of the FFN neurons")
+
+
+def run_artifact(artifact: Path, prompt: str, max_new_tokens: int, threads, no_native: bool, chat: bool,
+                 warm_up: bool = False):
+    """Stream one artifact's greedy generation and its timings; returns the Generation. warm_up: a short
+    generation first, so the timed one does not pay the runtime's first-run costs."""
     from .generation import generate as run_generation
     from .prompts import encode_prompt
     from .runtime import artifact_tokenizer, open_artifact
 
-    if not prompt.strip():
-        raise GlassExportError("the prompt is empty", "pass some text with --prompt")
     with open_artifact(artifact, use_native=not no_native, threads=threads) as backend:
         manifest = backend.manifest
         tokenizer = artifact_tokenizer(Path(artifact), manifest)
         ids = encode_prompt(tokenizer, prompt, chat)
+        if warm_up:
+            run_generation(backend, ids, min(4, max_new_tokens))
         streamer = TextStreamer(tokenizer)
         result = run_generation(backend, ids, max_new_tokens, set(manifest.tokenizer.eos_token_ids),
                                 on_token=streamer.put)
@@ -393,6 +423,7 @@ def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
             f"{result.decode_tokens_per_second:.1f} tokens/s"
             + ("; stopped at max_seq_len" if result.stopped_at_max_seq_len else "") + "[/]"
         )
+    return result
 
 
 @main.command()
@@ -403,12 +434,16 @@ def run(artifact, prompt, max_new_tokens, threads, no_native, chat):
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Greedy tokens to compare (at most what fits in the artifact's max_seq_len).")
 @click.option("--atol", default=None, type=click.FloatRange(min=0),
-              help="Max abs logits difference [default: 1e-4; int8-activation schemes: 5e-2 ONNX, 1e-1 ExecuTorch].")
+              help="fp32 and float-activation artifacts: max abs logits and local-score difference [default: 1e-4].")
+@click.option("--kl", default=None, type=click.FloatRange(min=0),
+              help="Artifacts with int8 activations: max mean KL(reference || artifact) of a prompt's next-token "
+                   "distributions [default: 0.05].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
 @friendly_errors
-def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
-    """Check an artifact against eager PyTorch: logits, kept sets (ties reported), decode, greedy tokens."""
+def verify(artifact, model_dir, prompts, steps, atol, kl, no_native, as_json):
+    """Check an artifact against eager PyTorch: logits (int8 activations: distributions), kept sets (ties
+    reported), decode on the artifact's own kept set, greedy tokens."""
     from .prompts import read_prompts
     from .verify import verify_artifact
 
@@ -416,7 +451,7 @@ def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
     with progress_bar("prompts") as bar:
         task = bar.add_task("verifying", total=len(prompt_list))
         report = verify_artifact(artifact, model_dir, prompt_list, steps, atol, not no_native,
-                                 progress=lambda: bar.advance(task))
+                                 progress=lambda: bar.advance(task), kl=kl)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -426,25 +461,33 @@ def verify(artifact, model_dir, prompts, steps, atol, no_native, as_json):
 
 
 def print_verify_table(report: dict) -> None:
-    console = Console(width=max(Console().width, 100))  # pipes default to 80 columns
-    prompt_width = max(24, console.width - 76)
-    table = Table("prompt", "tok", "prefill", "decode", "kept sets", "greedy tokens", "", pad_edge=False)
+    """One row a prompt, fitted to the terminal (80 columns when piped): the prompt is cut to what fits."""
+    exact = report["tolerance"]["mode"] == "exact"
+    headers = ("tok", "max Δlogit" if exact else "KL mean", "kept sets", "tokens", "")
+    rows = []
     for row in report["prompts"]:
         mismatch = row["first_token_mismatch"]
-        prompt = row["prompt"] if len(row["prompt"]) <= prompt_width else row["prompt"][: prompt_width - 1] + "…"
         kept = {"identical": "identical", "ties only": f"{row['indices_differing']} tie swaps",
                 "mismatch": f"[red]{row['indices_differing']} differ[/]"}[row["selection"]]
-        table.add_row(
-            prompt, str(row["prompt_tokens"]), f"{row['prefill_max_abs_diff']:.1e}",
-            f"{max(row['step_max_abs_diff'], default=0.0):.1e}", kept,
-            (f"{row['tokens_compared']}/{row['tokens_expected']} match"
-             + (f", {len(row['near_ties'])} near-tie" if row["near_ties"] else "")) if mismatch is None
-            else f"differ at {mismatch}",
-            "[green]ok[/]" if row["passed"] else "[red]FAIL[/]",
-        )
+        tokens = (f"{row['tokens_compared']}/{row['tokens_expected']}"
+                  + (f", {len(row['near_ties'])} near-tie" if row["near_ties"] else "")
+                  if mismatch is None else f"[red]differ at {mismatch}[/]")
+        closeness = max([row["prefill_max_abs_diff"], *row["step_max_abs_diff"]]) if exact else row["kl_mean"]
+        rows.append((" ".join(row["prompt"].split()), str(row["prompt_tokens"]), f"{closeness:.1e}", kept, tokens,
+                     "[green]ok[/]" if row["passed"] else "[red]FAIL[/]"))
+    console = Console()
+    # every other column at its widest cell, plus its padding and the separator (3): the prompt gets the rest
+    others = sum(max(Text.from_markup(cell).cell_len for cell in (header, *(r[i + 1] for r in rows))) + 3
+                 for i, header in enumerate(headers))
+    table = Table(pad_edge=False, box=box.SIMPLE_HEAD)
+    table.add_column("prompt", overflow="ellipsis", no_wrap=True, max_width=max(16, console.width - others - 2))
+    for name in headers:
+        table.add_column(name, no_wrap=True)
+    for cells in rows:
+        table.add_row(*cells)
     console.print(table)
     summary = ", ".join(f"{n} {v}" for v, n in report["selection_summary"].items() if n)
-    console.print(f"{report['runs_on']}; kept sets: {summary}; atol {report['atol']:g}: "
+    console.print(f"{report['runs_on']}; kept sets: {summary}; {report['tolerance']['describe']}: "
                   + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
 
 

@@ -13,13 +13,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from glass_ops.torch_ops import centred_down_groups, down_int8_from_groups
 
 from .errors import GlassExportError
 from .generation import Backend, PrefillResult
 from .models import FFNLayer, ModelInfo, ffn_layers, model_info
 from .priors import Priors
 from .quantization import QuantScheme, fake_quantize_activations, quantize_model
-from .selection import LocalStats, SelectionConfig, ranks, select_with_ranks
+from .selection import LocalStats, SelectionConfig, fused_positions, ranks, select_with_ranks
 
 
 @contextlib.contextmanager
@@ -40,14 +41,26 @@ def record_ffn_activations(ffns: list[FFNLayer], callback: Callable[[int, torch.
 
 
 def _kept_neuron_forward(ffn: FFNLayer, idx: torch.Tensor):
+    """The FFN over the kept neurons idx. Quantised with int8 activations, the down projection is the
+    decode kernels' integer one (glass_ops.torch_ops.decode_down_int8) over the artifact's own codes."""
     gate, up, down = ffn.gate[idx], ffn.up[idx], ffn.down[:, idx].contiguous()
     act = ffn.act_fn
     group = ffn.input_quant_group
+    rows = getattr(ffn.down_input_module, "rows", None)  # quantization.QuantizedLinear: W_down's columns
+    if group is not None and rows is not None:
+        codes, scales = torch.from_numpy(rows.blocked_codes())[idx], torch.from_numpy(rows.scales)[idx]
+        centred = centred_down_groups(codes, rows.bits, rows.group_size)
+
+        def project(h):
+            return down_int8_from_groups(h, centred, scales)
+    else:
+        def project(h):
+            return F.linear(h, down)
 
     def forward(x):
         if group is not None:
             x = fake_quantize_activations(x, group)
-        return F.linear(act(F.linear(x, gate)) * F.linear(x, up), down)
+        return project(act(F.linear(x, gate)) * F.linear(x, up))
 
     return forward
 
@@ -76,7 +89,7 @@ class GlassModel(Backend):
         super().__init__()
         self.config = config
         self.quant = quant
-        self.model = quantize_model(model, quant, target)
+        self.model = quantize_model(model, quant, target, config.sparse_decode)
         self.ffns = ffn_layers(self.model)
         self.num_layers = len(self.ffns)
         self.m = self.ffns[0].gate.shape[0]
@@ -95,6 +108,16 @@ class GlassModel(Backend):
         self._forwards_for: np.ndarray | None = None
         self._forwards: list = []
 
+    @classmethod
+    def for_artifact(cls, model, manifest, directory, info: ModelInfo | None = None) -> "GlassModel":
+        """The eager reference of an exported artifact: its selection, priors, weight scheme and target."""
+        from pathlib import Path
+
+        from .priors import load_priors
+
+        priors = load_priors(Path(directory) / manifest.priors["file"]) if manifest.priors else None
+        return cls(model, manifest.selection, priors, manifest.quant, info=info, target=manifest.target)
+
     @property
     def kept_fraction(self) -> float:
         return self.k / self.m
@@ -111,9 +134,18 @@ class GlassModel(Backend):
         with recorder:
             out = self.model(input_ids=input_ids, use_cache=True)
         local = stats.scores() if stats is not None else torch.zeros(self.num_layers, self.m)
-        indices = select_with_ranks(self.config, local if stats is not None else None, self.global_rank, self.m,
-                                    self.num_layers)
-        return out.logits, out.cache, local, indices
+        return out.logits, out.cache, local, self.select(local)
+
+    def select(self, local: torch.Tensor) -> torch.Tensor:
+        """The kept set [layers, k] the method gives for these local scores [layers, m]."""
+        return select_with_ranks(self.config, local if self.config.needs_local_stats else None, self.global_rank,
+                                 self.m, self.num_layers)
+
+    def fused_positions(self, local: torch.Tensor) -> np.ndarray | None:
+        """Each neuron's place in the method's order for these local scores (None: the method ignores them)."""
+        if not self.config.needs_local_stats:
+            return None
+        return fused_positions(self.config, local, self.global_rank).numpy()
 
     def _prefill(self, ids: list[int]) -> PrefillResult:
         logits, self.cache, local, indices = self.prefill_tensors(torch.tensor([ids]))

@@ -150,13 +150,17 @@ def fake_quantize_activations(x: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 class QuantizedLinear(torch.nn.Module):
-    """The eager form of a quantised matmul: dequantised weight, optionally quantised input."""
+    """The eager form of a quantised matmul: dequantised weight, optionally quantised input. `rows` are the
+    codes behind the weight (its rows; for a neuron-contiguous W_down, its columns), for the decode's
+    int8 down projection (eager.py)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation_group: int | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, activation_group: int | None,
+                 rows: QuantizedRows | None = None):
         super().__init__()
         self.weight = torch.nn.Parameter(weight, requires_grad=False)
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.activation_group = activation_group
+        self.rows = rows
 
     def forward(self, x):
         if self.activation_group is not None:
@@ -169,8 +173,9 @@ def dequantized(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     return torch.from_numpy(dequantize_rows(q))
 
 
-def torchao_quantize(model, scheme: QuantScheme) -> None:
-    """ExecuTorch's quantisation of every Linear outside the FFNs and of the embedding, in place (torchao)."""
+def torchao_quantize(model, scheme: QuantScheme, include_ffn: bool = False) -> None:
+    """ExecuTorch's quantisation of the embedding and every Linear outside the FFNs (inside them too with
+    include_ffn: dense twins), in place (torchao)."""
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
@@ -184,7 +189,8 @@ def torchao_quantize(model, scheme: QuantScheme) -> None:
                                                        weight_scale_dtype=torch.bfloat16)
     else:
         linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=PerAxis(0))
-    quantize_(model, linear, lambda module, fqn: isinstance(module, torch.nn.Linear) and ".mlp." not in f".{fqn}.")
+    quantize_(model, linear, lambda module, fqn: isinstance(module, torch.nn.Linear)
+              and (include_ffn or ".mlp." not in f".{fqn}."))
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             # padding_idx only shapes gradients, but its extra argument hides the lookup from ExecuTorch's
@@ -201,13 +207,15 @@ TORCHAO_DESCRIPTION = ("torchao Int8DynamicActivationIntxWeightConfig (XNNPACK, 
 
 
 @torch.no_grad()
-def quantize_model(model, scheme: QuantScheme, target: str = "onnx"):
+def quantize_model(model, scheme: QuantScheme, target: str = "onnx", sparse_decode: bool = True):
     """The eager reference of `scheme` on `target`: a copy of model with every quantised matmul replaced.
 
-    The FFN takes the glass layout on every target. ONNX: every other Linear becomes MatMulNBits'
-    form and the embedding GatherBlockQuantized's, a tied pair staying one tensor. ExecuTorch:
-    torchao quantises the other Linears and the embedding (a tied pair separately, as the program
-    stores them). fp32 returns model itself."""
+    Sparse artifacts keep the FFN in the glass layout on every target. Dense twins never gather, so
+    their FFN is each runtime's stock dense matmul: ONNX's MatMulNBits (W_down quantised along m, as
+    ONNX Runtime GenAI stores it), ExecuTorch's torchao linears. ONNX: every other Linear becomes
+    MatMulNBits' form and the embedding GatherBlockQuantized's, a tied pair staying one tensor.
+    ExecuTorch: torchao quantises the other Linears and the embedding (a tied pair separately, as the
+    program stores them). fp32 returns model itself."""
     if not scheme.quantized:
         return model
     from .models import decoder_layers
@@ -217,17 +225,22 @@ def quantize_model(model, scheme: QuantScheme, target: str = "onnx"):
 
     def replace(parent, name: str, activation_group: int | None, transposed: bool = False):
         linear = getattr(parent, name)
-        weight = dequantized(linear.weight.T, scheme).T.contiguous() if transposed else dequantized(linear.weight, scheme)
-        setattr(parent, name, QuantizedLinear(weight, linear.bias, activation_group))
+        weight = linear.weight.detach().float().cpu()
+        rows = quantize_rows((weight.T if transposed else weight).numpy(), scheme.bits, scheme.group_size)
+        values = torch.from_numpy(dequantize_rows(rows))
+        setattr(parent, name, QuantizedLinear(values.T.contiguous() if transposed else values, linear.bias,
+                                              activation_group, rows))
 
     for layer in decoder_layers(quantized):
         mlp = layer.mlp
-        for name in ("gate_proj", "up_proj", "gate_up_proj"):
-            if hasattr(mlp, name):
-                replace(mlp, name, group)
-        # W_down is stored neuron-contiguous (its columns, quantised along d); the glass kernels
-        # multiply the float z
-        replace(mlp, "down_proj", None, transposed=True)
+        if sparse_decode or target == "onnx":
+            for name in ("gate_proj", "up_proj", "gate_up_proj"):
+                if hasattr(mlp, name):
+                    replace(mlp, name, group)
+            if sparse_decode:  # neuron-contiguous: its columns, quantised along d, as the glass kernels read it
+                replace(mlp, "down_proj", None, transposed=True)
+            else:  # the ONNX dense twin: MatMulNBits, quantised along m
+                replace(mlp, "down_proj", group)
         if target == "onnx":
             for name in ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj"):
                 if hasattr(layer.self_attn, name):
@@ -239,7 +252,7 @@ def quantize_model(model, scheme: QuantScheme, target: str = "onnx"):
         if tied:
             quantized.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
             quantized.lm_head.weight.data = embedding.weight.data.clone()
-        torchao_quantize(quantized, scheme)
+        torchao_quantize(quantized, scheme, include_ffn=not sparse_decode)
         return quantized
     embedding.weight.data = dequantized(embedding.weight, scheme)
     new_head = QuantizedLinear(embedding.weight.data if tied else dequantized(head.weight, scheme), None, group)

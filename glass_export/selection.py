@@ -95,18 +95,21 @@ class LocalStats:
     """
 
     def __init__(self, num_layers: int, intermediate_size: int):
-        self.sq_sum = torch.zeros(num_layers, intermediate_size, dtype=torch.float32)
+        self.sq_sum = torch.zeros(num_layers, intermediate_size, dtype=torch.float64)
 
     def add(self, layer: int, z: torch.Tensor) -> None:
         self.sq_sum[layer] += normalised_square_sum(z.reshape(-1, z.shape[-1]))
 
     def scores(self) -> torch.Tensor:
-        return self.sq_sum.sqrt()
+        return self.sq_sum.sqrt().float()
 
 
 def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
-    """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m]; a zero row contributes zero."""
-    z = z.float()
+    """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m], in float64; a zero row contributes zero.
+
+    float64 (every runtime computes it so) leaves the activations z as the only source of rounding
+    differences between eager PyTorch and an exported graph; the scores are rounded to float32 once."""
+    z = z.double()
     norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
     normed = z / torch.where(norms > 0, norms, torch.ones_like(norms))
     return normed.square().sum(dim=0)
@@ -114,7 +117,7 @@ def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
 
 def local_scores(z: torch.Tensor) -> torch.Tensor:
     """Local score of every neuron from one layer's prompt activations z [T, m]."""
-    return normalised_square_sum(z).sqrt()
+    return normalised_square_sum(z).sqrt().float()
 
 
 def ranks(scores: torch.Tensor) -> torch.Tensor:
@@ -127,13 +130,43 @@ def ranks(scores: torch.Tensor) -> torch.Tensor:
 def ranks_by_topk(scores: torch.Tensor) -> torch.Tensor:
     """ranks() written with a full top-k, for exported graphs (ONNX has no stable sort).
 
-    ONNX TopK breaks ties by the lower index, the same rule as ranks(); ties in
-    float scores are rare outside exactly-zero neurons.
-    """
+    Top-k implementations order equal values differently (ONNX Runtime by index, ExecuTorch and
+    PyTorch not), so the ranking runs on tie_free_keys(scores), which are distinct and keep ranks()'
+    order exactly: the same ranks on every runtime."""
     m = scores.shape[-1]
-    order = torch.topk(scores, m, dim=-1, largest=True, sorted=True).indices
+    order = torch.topk(tie_free_keys(scores), m, dim=-1, largest=True, sorted=True).indices
     positions = torch.arange(m, dtype=torch.int64).expand_as(order)
     return torch.zeros_like(order).scatter_(-1, order, positions)
+
+
+def tie_free_keys(scores: torch.Tensor) -> torch.Tensor:
+    """float64 keys (s + 2^-126) (1 + (m - 1 - i) 2^-40) of non-negative float32 scores s [.., m].
+
+    Distinct float32 scores are at least 2^-24 apart relatively and the index term moves a key by less
+    than m 2^-40 (m < 2^16), so the order of the scores is kept; equal scores (zeros included, by the
+    2^-126) get keys ordered by the lower index, and IEEE float64 arithmetic computes them identically
+    everywhere."""
+    m = scores.shape[-1]
+    index_terms = 1.0 + torch.arange(m - 1, -1, -1, dtype=torch.float64) * 2.0**-40
+    return (scores.double() + 2.0**-126) * index_terms
+
+
+def fused_keys(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int) -> torch.Tensor:
+    """The integer each neuron is ranked by, smallest kept first: the fused score, then the local rank
+    (a permutation), so the keys of a layer are distinct."""
+    m = local_rank.shape[-1]
+    if global_rank is None:
+        if lam_units != LAMBDA_SCALE:
+            raise GlassExportError("a global prior is needed when lambda < 1", "pass --priors from glass-export calibrate")
+        global_rank = torch.zeros_like(local_rank)
+    fused = lam_units * local_rank + (LAMBDA_SCALE - lam_units) * global_rank
+    return fused * m + local_rank
+
+
+def fused_positions(config: "SelectionConfig", local: torch.Tensor, global_rank: torch.Tensor | None) -> torch.Tensor:
+    """Each neuron's place in the method's order for these local scores [layers, m] (0 = kept first; the
+    kept set is the places below k), for methods that read the prompt."""
+    return ranks(-fused_keys(ranks(local), global_rank, lambda_units(config.effective_lambda)))
 
 
 def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int, k: int) -> torch.Tensor:
@@ -144,14 +177,7 @@ def fuse_and_select(local_rank: torch.Tensor, global_rank: torch.Tensor | None, 
     ascending order (ascending indices keep the decode weight reads in
     memory order).
     """
-    m = local_rank.shape[-1]
-    if global_rank is None:
-        if lam_units != LAMBDA_SCALE:
-            raise GlassExportError("a global prior is needed when lambda < 1", "pass --priors from glass-export calibrate")
-        global_rank = torch.zeros_like(local_rank)
-    fused = lam_units * local_rank + (LAMBDA_SCALE - lam_units) * global_rank
-    # Unique key: fused score first, then the local rank (a permutation).
-    key = fused * m + local_rank
+    key = fused_keys(local_rank, global_rank, lam_units)
     kept = torch.topk(key, k, dim=-1, largest=False, sorted=False).indices
     # Ascending neuron order: -topk(-x) sorts the (distinct) indices without a sort op.
     return -torch.topk(-kept, k, dim=-1, largest=True, sorted=True).values

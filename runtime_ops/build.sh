@@ -8,12 +8,11 @@ PY=${PYTHON:-../.venv/bin/python}
 CMAKE=${CMAKE:-$(dirname "$PY")/cmake}
 [ -x "$CMAKE" ] || CMAKE=cmake
 ET_ROOT=$("$PY" -c 'import executorch; print(list(executorch.__path__)[0])')
-# ONNX Runtime headers: ORT_INCLUDE_DIR if given, else fetched once (GLASS_NO_ORT=1 skips the ORT kernel).
-if [ -z "${ORT_INCLUDE_DIR:-}" ] && [ "${GLASS_NO_ORT:-0}" != 1 ]; then
-  ORT_INCLUDE_DIR=$(bash fetch_ort_headers.sh)
-fi
+# ONNX Runtime headers: ORT_INCLUDE_DIR if given, else fetched once by CMake (GLASS_NO_ORT=1 skips the ORT kernel).
+NO_ORT=$([ "${GLASS_NO_ORT:-0}" = 1 ] && echo ON || echo OFF)
 if [ "${GLASS_ASAN:-0}" = 1 ]; then BUILD=build-asan; ASAN=ON; else BUILD=build; ASAN=OFF; fi
-"$CMAKE" -S . -B "$BUILD" -DEXECUTORCH_ROOT="$ET_ROOT" -DGLASS_ASAN=$ASAN ${ORT_INCLUDE_DIR:+-DORT_INCLUDE_DIR=$ORT_INCLUDE_DIR} >/dev/null
+"$CMAKE" -S . -B "$BUILD" -DEXECUTORCH_ROOT="$ET_ROOT" -DGLASS_ASAN=$ASAN -DGLASS_NO_ORT=$NO_ORT \
+  ${ORT_INCLUDE_DIR:+-DORT_INCLUDE_DIR=$ORT_INCLUDE_DIR} >/dev/null
 "$CMAKE" --build "$BUILD" -j"$(nproc)"
 if [ "$ASAN" = OFF ]; then
   mkdir -p glass_ops/lib

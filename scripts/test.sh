@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Set up (idempotent), build the native op libraries, run the Python suite, then the JVM engine
-# of the Android demo against the golden data the Python suite wrote.
+# Set up (idempotent; it builds the native op libraries), run the Python suite, the JVM engine of the
+# Android demo against the golden data the Python suite wrote, and the wheel check (the built wheel
+# installed in a fresh venv, outside the checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GLASS_CROSS_TOOLS=1 bash scripts/setup.sh
-bash runtime_ops/build.sh
 .venv/bin/python -m pytest -q "$@"
 status=0
+bash scripts/wheel_check.sh || status=$?
 mvn -B -ntp -f android_demo/core/pom.xml test || status=$?
 # One summary line from the JUnit reports, whatever Maven's verdict.
 .venv/bin/python - <<'PY'

@@ -116,3 +116,26 @@ def test_chat_wraps_the_prompt_in_the_tokenizer_template(example_dir, tokenizer)
     ids = encode_prompt(templated, "The sea", chat=True)
     assert ids == templated("<s>The sea</s><s>", add_special_tokens=False)["input_ids"]
     assert ids != encode_prompt(templated, "The sea")
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_verify_table_fits_the_terminal_and_shows_the_prompts(monkeypatch, capsys, width):
+    from rich.console import Console
+
+    import glass_export.cli as cli
+
+    long_prompt = "Give three tips for learning a new language, with examples."
+    rows = [{"prompt": prompt, "prompt_tokens": 37, "prefill_max_abs_diff": 1e-5, "step_max_abs_diff": [3e-5],
+             "selection": selection, "indices_differing": 2, "first_token_mismatch": None, "tokens_compared": 16,
+             "tokens_expected": 16, "near_ties": [3], "passed": True}
+            for prompt, selection in ((long_prompt, "identical"), ("Why is the\nsky blue?", "ties only"))]
+    report = {"prompts": rows, "selection_summary": {"identical": 1, "ties only": 1, "mismatch": 0},
+              "runs_on": "onnx, native kernels", "tolerance": {"mode": "exact", "describe": "atol 0.0001"},
+              "passed": True}
+    monkeypatch.setattr(cli, "Console", lambda *args, **kwargs: Console(width=width, force_terminal=False))
+    cli.print_verify_table(report)
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= width
+    assert any("Why is the sky blue?" in line and "2 tie swaps" in line for line in lines)  # whole, on one line
+    cut = next(line for line in lines if "Give three tips" in line)
+    assert ("…" in cut) == (width == 80) and "16/16, 1 near-tie" in cut

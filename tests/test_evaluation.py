@@ -110,8 +110,12 @@ def test_eval_of_an_exported_artifact_matches_the_eager_numbers(example_dir, tmp
         result = runner.invoke(main, ["eval", "--model", str(example_dir / "model"), "--max-new-tokens", "10",
                                       "--out", str(tmp_path / name), *extra])
         assert result.exit_code == 0, result.output
+        if name == "artifact":  # the same kept sets as eager PyTorch's on every prompt, and it says so
+            assert "Kept sets: 0 of" in result.output
     eager = json.loads((tmp_path / "eager" / "results.json").read_text())["runs"][0]
-    exported = json.loads((tmp_path / "artifact" / "results.json").read_text())["runs"][0]
+    shipped = json.loads((tmp_path / "artifact" / "results.json").read_text())
+    assert shipped["boundary_swaps"] == {"prompts": shipped["prompts"], "prompts_with_swaps": 0}
+    exported = shipped["runs"][0]
     assert exported["method"] == "griffin" and exported["tokens"] == eager["tokens"]
     assert exported["perplexity"] == pytest.approx(eager["perplexity"], rel=1e-4)
     assert exported["kl"] == pytest.approx(eager["kl"], rel=1e-3, abs=1e-6)

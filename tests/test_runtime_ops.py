@@ -288,7 +288,9 @@ def quant_case(seed, d=64, m=24, bits=4, group=32):
 
 
 def quant_reference(x, gate_up, down, idx, activation, accuracy):
-    """float64 FFN over the dequantised rows, with the kernels' view of x."""
+    """(y, bound): the float64 FFN over the dequantised rows, with the kernels' view of x, and how far the
+    decode may be from it: with accuracy 4 its down projection rounds every coefficient z_j * s_{j,g} to
+    int8 steps of its group of 32 kept neurons (torch_ops.decode_down_int8), half a step at most each."""
     from glass_export.quantization import dequantize_rows, fake_quantize_activations
 
     if accuracy == 4:
@@ -296,7 +298,17 @@ def quant_reference(x, gate_up, down, idx, activation, accuracy):
     gu, dn = dequantize_rows(gate_up).astype(np.float64), dequantize_rows(down).astype(np.float64)
     g, u = x @ gu[0::2][idx].T, x @ gu[1::2][idx].T
     act = g / (1 + np.exp(-g)) if activation == 0 else 0.5 * g * (1 + np.tanh((2 / np.pi) ** 0.5 * (g + 0.044715 * g**3)))
-    return (act * u) @ dn[idx]
+    z = act * u  # [..., k]
+    bound = np.zeros(z.shape[:-1] + (dn.shape[1],))
+    if accuracy == 4:
+        group = down.group_size
+        centred = (dn / np.repeat(down.scales, group, axis=1))[idx]  # u - Z of the kept rows
+        for start in range(0, len(idx), 32):
+            members = slice(start, start + 32)
+            coefs = z[..., members, None] * down.scales[idx][members]  # [..., n, blocks]
+            step = np.repeat(np.abs(coefs).max(axis=-2) / 127, group, axis=-1)  # [..., d]
+            bound += 0.5 * step * np.abs(centred[members]).sum(axis=0)
+    return z @ dn[idx], bound
 
 
 def quant_session(op_type, bits, group, accuracy, activation, native_library):
@@ -334,10 +346,36 @@ def test_quantised_gather_ffn_native_and_fallback_match_the_reference(onnxruntim
         session = quant_session("GatherFFNQ", bits, group, accuracy, activation, library)
         for idx in (np.array([3, 7, 8, 20]), np.arange(m), np.array([5]), np.array([4, 4, 9])):  # duplicates count twice
             got = session.run(None, {**feeds, "idx": idx})[0]
-            np.testing.assert_allclose(got, quant_reference(x, gu, dn, idx, activation, accuracy), atol=1e-4, rtol=1e-4)
+            want, bound = quant_reference(x, gu, dn, idx, activation, accuracy)
+            assert np.all(np.abs(got - want) <= 1.05 * bound + 1e-4 * (1 + np.abs(want))), (library, idx)
         for bad in (-1, m, 1 << 40):  # refused by the native kernel and by the function alike
             with pytest.raises(Exception, match="out of range|out of bounds|indices"):
                 session.run(None, {**feeds, "idx": np.array([0, bad])})
+
+
+@pytest.mark.parametrize("bits, group", [(4, 32), (8, 64)])
+def test_decode_down_int8_reference_follows_its_definition(bits, group):
+    """torch_ops.decode_down_int8 (the semantics the decode kernels and the ONNX function implement) against
+    a direct numpy reading of its definition, on the same float32 coefficients: equal to float rounding."""
+    from glass_ops.torch_ops import decode_down_int8
+
+    _, _, dn = quant_case(bits + group, d=128, m=45, bits=bits, group=group)
+    z = np.random.default_rng(bits).standard_normal((3, 45)).astype(np.float32)
+    got = decode_down_int8(torch.from_numpy(z), torch.from_numpy(dn.blocked_codes()), torch.from_numpy(dn.scales),
+                           bits, group).numpy()
+    codes = dn.blocked_codes().reshape(45, -1)
+    if bits == 4:
+        codes = np.stack([codes & 15, codes >> 4], axis=-1).reshape(45, -1)
+    centred = codes.astype(np.int64) - (1 << (bits - 1))  # [k, d]
+    want = np.zeros((3, 128))
+    for t in range(3):
+        for start in range(0, 45, 32):  # groups of 32 kept neurons, the last one short
+            for i in range(128):
+                c = z[t, start:start + 32] * dn.scales[start:start + 32, i // group]  # float32, as the kernels
+                amax = np.abs(c).max()
+                q = np.round(c * (np.float32(127) / amax)) if amax else np.zeros_like(c)
+                want[t, i] += float(amax / np.float32(127)) * int((q.astype(np.int64) * centred[start:start + 32, i]).sum())
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_quantised_ffn_down_native_and_fallback_match_the_reference(onnxruntime_kernel):

@@ -141,3 +141,17 @@ def test_random_is_seeded_sorted_and_distinct():
 def test_methods_that_need_a_prior_say_so():
     with pytest.raises(GlassExportError, match="needs global priors"):
         select(SelectionConfig("i-glass", 0.5), torch.rand(1, 8), None, 8, 1)
+
+
+def test_graph_ranking_breaks_ties_by_index_like_ranks():
+    """The exported graphs rank local scores with a top-k, whose order of equal values differs between
+    runtimes; ranks_by_topk ranks tie-free keys instead and must equal ranks() exactly."""
+    from glass_export.selection import ranks_by_topk
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        scores = torch.rand(3, 1536, generator=gen)
+        scores[:, torch.randint(0, 1536, (300,), generator=gen)] = float(scores[0, 0])  # exact ties
+        scores[:, torch.randint(0, 1536, (50,), generator=gen)] = 0.0
+        scores[1] *= 1e-30  # tiny and subnormal scores
+        assert torch.equal(ranks_by_topk(scores), ranks(scores))

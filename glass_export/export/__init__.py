@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from ..artifact import PRIORS_NAME, TARGET_FILES, KVLayout, Manifest, TokenizerInfo
+from ..artifact import KV_HEADS_FIRST, PRIORS_NAME, TARGET_FILES, KVLayout, Manifest, TokenizerInfo
 from ..errors import GlassExportError
 from ..models import ModelInfo
 from ..outputs import OutputPlan
@@ -48,6 +48,7 @@ class RecipeOutput:
     graphs: dict  # for the manifest: what each graph / method takes and returns
     runtime: dict  # the target's details (custom ops, native library, sizes)
     kv_storage: str  # how the KV cache travels between prefill and decode
+    kv_layout: str = KV_HEADS_FIRST
 
 
 def recipes() -> dict:
@@ -123,7 +124,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
             priors.save(tmp / PRIORS_NAME)
         manifest = Manifest(
             target=target, model=info, selection=config, quant=quant, max_seq_len=max_seq_len,
-            kv=KVLayout.of(model.config, output.kv_storage),
+            kv=KVLayout.of(model.config, output.kv_storage, output.kv_layout),
             tokenizer=TokenizerInfo.save(tokenizer, tmp, eos_token_ids(model, tokenizer)),
             files=dict(TARGET_FILES[target]), graphs=output.graphs, runtime=output.runtime,
             priors=None if priors is None else {"file": PRIORS_NAME, "tokens": priors.tokens, "corpus": priors.corpus},

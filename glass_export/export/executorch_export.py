@@ -1,8 +1,10 @@
 """ExecuTorch export: one model.pte with `prefill` and `decode` methods over a shared KV cache.
 
-- The KV cache is a static mutable buffer per layer ([1, kv_heads, max_seq_len, head_dim]),
-  shared by both methods (MemoryPlanningPass(share_mutable_buffers=True)), so decode reads
-  what prefill wrote.
+- The KV cache is a static mutable buffer per layer and kind, shared by both methods
+  (MemoryPlanningPass(share_mutable_buffers=True)), so decode reads what prefill wrote. Attention
+  is ExecuTorch's llama::custom_sdpa over a [1, max_seq_len, kv_heads, head_dim] cache written by
+  llama::update_cache (as ExecuTorch's own LLM exports do); Gemma 2's soft-capped attention keeps
+  transformers' attention over [1, kv_heads, max_seq_len, head_dim].
 - The FFN weights are stored neuron-contiguous and read by custom ops in both methods
   (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); XNNPACK takes
   the rest (attention projections, norms, lm_head), and identical weights are stored once.
@@ -16,7 +18,7 @@ import torch
 
 from glass_ops import native
 
-from ..artifact import TARGET_FILES, KVLayout
+from ..artifact import KV_HEADS_FIRST, KV_SEQ_FIRST, TARGET_FILES, KVLayout
 from ..errors import GlassExportError
 from ..quantization import TORCHAO_DESCRIPTION, QuantScheme, torchao_quantize
 from . import ExportContext, RecipeOutput
@@ -46,14 +48,15 @@ def export(ctx: ExportContext) -> RecipeOutput:
     kv = KVLayout.of(model.config, "")
 
     ctx.step("preparing graphs")
-    graph_lm, context = graph_model(model, ctx.quant)
-    if ctx.quant.quantized:
-        torchao_quantize(graph_lm, ctx.quant)  # attention projections, LM head, embedding
-    static_kv = StaticKV(model.config, max_seq_len, kv.num_kv_heads, kv.head_dim)
+    # Dense twins never gather: their FFNs stay the model's own linears, lowered to XNNPACK as stock ones.
+    graph_lm, context = graph_model(model, ctx.quant, glass_ffn=config.sparse_decode)
+    if ctx.quant.quantized:  # attention projections, LM head, embedding (and the dense twin's FFN)
+        torchao_quantize(graph_lm, ctx.quant, include_ffn=not config.sparse_decode)
+    static_kv = StaticKV(graph_lm, max_seq_len, kv.num_kv_heads, kv.head_dim)
     prefill = PrefillGraph(graph_lm, context, config, ctx.global_rank, m, kv=static_kv).eval()
     decode = DecodeGraph(graph_lm, context, sparse=config.sparse_decode, kv=static_kv).eval()
     example_ids = torch.tensor([[1, 2, 3, 4, 5]]) % model.config.vocab_size
-    with torch.no_grad():
+    with torch.no_grad(), native.native_log_silenced():  # llama::custom_sdpa's eager kernel logs to stderr
         _, _, example_indices = prefill(example_ids)
 
     ctx.step("exporting prefill graph")
@@ -90,6 +93,7 @@ def export(ctx: ExportContext) -> RecipeOutput:
     ctx.step("writing program")
     (ctx.out / PTE_FILE).write_bytes(program.buffer)
 
+    ops = custom_ops(program)
     weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
     graphs = {
         "prefill": {
@@ -117,14 +121,31 @@ def export(ctx: ExportContext) -> RecipeOutput:
     runtime = {
         "runtime": "executorch (XNNPACK delegate + glass kernels)",
         "backend": "XNNPACK (CPU)",
-        "custom_ops": [f"glass::{op}{'_q' if ctx.quant.quantized else ''}.out"
-                       for op in ("gather_ffn", "ffn_up", "ffn_down")],
+        "custom_ops": ops,
+        "attention": ("ExecuTorch's llama::custom_sdpa over a [1, max_seq_len, kv_heads, head_dim] cache written by "
+                      "llama::update_cache (extension/llm/custom_ops)" if static_kv.fused else
+                      "transformers' attention (attention-logit soft-capping), portable and XNNPACK ops"),
         "non_ffn_quantization": TORCHAO_DESCRIPTION if ctx.quant.quantized else "none (fp32)",
-        "native_library": native.EXECUTORCH_LIB,
+        **({"native_library": native.EXECUTORCH_LIB} if any(op.startswith("glass::") for op in ops) else {}),
         "constant_methods": sorted(constant_methods),
         "pte_bytes": len(program.buffer),
         "model_weight_bytes": weight_bytes,
         "npu_prompt_buckets": "decode is static; prefill would need fixed-length buckets for NPUs "
                               "(e.g. T in 32/64/128/256 with padding and an attention mask)",
     }
-    return RecipeOutput(graphs, runtime, kv_storage="mutable buffers shared by both methods")
+    return RecipeOutput(graphs, runtime, kv_storage="mutable buffers shared by both methods",
+                        kv_layout=KV_SEQ_FIRST if static_kv.fused else KV_HEADS_FIRST)
+
+
+CUSTOM_NAMESPACES = ("glass", "llama")  # our kernels and ExecuTorch's LLM kernels, outside the portable set
+
+
+def custom_ops(program) -> list[str]:
+    """The non-portable kernels the program calls (outside the XNNPACK delegate), by method, as the
+    runtime resolves them: e.g. glass::gather_ffn_q.out."""
+    names = set()
+    for plan in program.executorch_program.execution_plan:
+        for operator in plan.operators:
+            if operator.name.split("::")[0] in CUSTOM_NAMESPACES:
+                names.add(f"{operator.name}.{operator.overload}" if operator.overload else operator.name)
+    return sorted(names)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import copy
 
 import torch
+from transformers import AttentionInterface, StaticCache
+from transformers.cache_utils import StaticLayer
 
 import glass_ops  # noqa: F401  (registers torch.ops.glass.*)
-from glass_ops import ACTIVATION_CODES, pack_ffn_weights
+from glass_ops import ACTIVATION_CODES, native, pack_ffn_weights
 
 from ..models import decoder_layers, ffn_layers
 from ..quantization import QuantScheme, quantize_rows
@@ -74,50 +76,112 @@ class GraphFFN(torch.nn.Module):
         return torch.ops.glass.ffn_down(z, self.w_down_t)
 
 
-def graph_model(model, quant: QuantScheme = QuantScheme()):
-    """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext."""
+def graph_model(model, quant: QuantScheme = QuantScheme(), glass_ffn: bool = True):
+    """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext (glass_ffn False, for
+    dense twins: the model's own FFNs, lowered as stock linears)."""
     ffns = ffn_layers(model)
     context = FFNContext()
     clone = copy.deepcopy(model).eval()
-    for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
-        layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context, quant)
+    if glass_ffn:
+        for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
+            layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context, quant)
     return clone, context
 
 
-class StaticKV(torch.nn.Module):
-    """A static KV cache [1, kv_heads, max_seq_len, head_dim] per layer, held as module buffers.
+FUSED_ATTENTION = "glass_et_custom_sdpa"
 
-    Exported programs keep these as mutable buffers; with ExecuTorch's shared mutable
-    buffers the prefill and decode methods read and write the same memory.
+
+def fused_attention_supported(config) -> bool:
+    """llama::custom_sdpa has no attention-logit soft-capping (Gemma 2); every other family runs on it."""
+    return getattr(config, "attn_logit_softcapping", None) is None
+
+
+def fused_sdpa_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """A transformers attention function over FusedCacheLayer's [1, max_seq_len, kv_heads, head_dim] cache:
+    one llama::custom_sdpa call (grouped-query heads and the causal mask from start_pos inside), instead
+    of HF's repeat_kv copies, mask and softmax ops, which ExecuTorch would run as portable ops."""
+    start = module.glass_cache_layer.start_pos
+    out = torch.ops.llama.custom_sdpa(query.transpose(1, 2), key, value, start, None, 0.0, True, scaling)
+    return out, None
+
+
+class FusedCacheLayer(StaticLayer):
+    """One layer's cache for fused_sdpa_attention, in ExecuTorch's LLM layout [1, max_seq_len, kv_heads,
+    head_dim], written in place by llama::update_cache at start_pos."""
+
+    def __init__(self, max_seq_len: int, num_kv_heads: int, head_dim: int):
+        super().__init__(max_seq_len)
+        self.keys = torch.zeros(1, max_seq_len, num_kv_heads, head_dim)
+        self.values = torch.zeros(1, max_seq_len, num_kv_heads, head_dim)
+        self.is_initialized = True
+        self.start_pos: int | torch.SymInt = 0
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        torch.ops.llama.update_cache(key_states.transpose(1, 2), self.keys, self.start_pos)
+        torch.ops.llama.update_cache(value_states.transpose(1, 2), self.values, self.start_pos)
+        return self.keys, self.values
+
+    def get_seq_length(self):
+        return self.start_pos
+
+
+class StaticKV(torch.nn.Module):
+    """A static KV cache per layer, held as module buffers.
+
+    Exported programs keep these as mutable buffers; with ExecuTorch's shared mutable buffers the
+    prefill and decode methods read and write the same memory. With fused attention (every family but
+    Gemma 2) the buffers are [1, max_seq_len, kv_heads, head_dim] and attention is ExecuTorch's
+    llama::custom_sdpa; otherwise [1, kv_heads, max_seq_len, head_dim] through transformers' own
+    StaticCache and attention.
     """
 
-    def __init__(self, config, max_seq_len: int, num_kv_heads: int, head_dim: int):
-        from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer
-
+    def __init__(self, model, max_seq_len: int, num_kv_heads: int, head_dim: int):
         super().__init__()
+        config = model.config
+        self.max_seq_len = max_seq_len
+        self.fused = fused_attention_supported(config)
         self.cache = StaticCache(max_cache_len=max_seq_len, config=config)
-        # Sliding-window layers carry control flow export cannot keep; within max_seq_len <= window
-        # a plain static layer is equivalent (the exporter checks that bound).
-        self.cache.layers = [StaticLayer(max_seq_len) for _ in self.cache.layers]
-        self.cache.early_initialization(1, num_kv_heads, head_dim, torch.float32, "cpu")
+        if self.fused:
+            native.load_llm_custom_ops()
+            AttentionInterface.register(FUSED_ATTENTION, fused_sdpa_attention)
+            model.set_attn_implementation(FUSED_ATTENTION)
+            self.cache.layers = [FusedCacheLayer(max_seq_len, num_kv_heads, head_dim) for _ in self.cache.layers]
+            for layer, cache_layer in zip(decoder_layers(model), self.cache.layers):
+                # a plain attribute (not a submodule): the attention function reads start_pos from it
+                layer.self_attn.__dict__["glass_cache_layer"] = cache_layer
+        else:
+            # Sliding-window layers carry control flow export cannot keep; within max_seq_len <= window
+            # a plain static layer is equivalent (the exporter checks that bound).
+            self.cache.layers = [StaticLayer(max_seq_len) for _ in self.cache.layers]
+            self.cache.early_initialization(1, num_kv_heads, head_dim, torch.float32, "cpu")
         for i, layer in enumerate(self.cache.layers):
             self.register_buffer(f"key_{i}", layer.keys, persistent=False)
             self.register_buffer(f"value_{i}", layer.values, persistent=False)
-            self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
+            if not self.fused:
+                self.register_buffer(f"length_{i}", layer.cumulative_length, persistent=False)
 
-    def at(self, position, reset: bool = False):
-        """The cache, set to append at `position` (an int64 tensor holding one value).
+    def at(self, position: torch.Tensor | None):
+        """The cache, set to append at `position` (an int64 tensor holding one value; None: prefill, at 0).
 
-        reset (prefill) zeroes it first: ExecuTorch gives mutable buffers no initial
-        value, and masked-out garbage (a NaN) would still poison attention's sums.
+        Prefill zeroes it first: ExecuTorch gives mutable buffers no initial value, and masked-out
+        garbage (a NaN) would still poison attention's sums.
         """
+        if self.fused and position is not None:
+            start = position.reshape(()).item()
+            torch._check(start >= 0)
+            torch._check(start < self.max_seq_len)
         for i, layer in enumerate(self.cache.layers):
             # Read the buffers through the module so torch.export sees buffers, not constants.
             layer.keys, layer.values = getattr(self, f"key_{i}"), getattr(self, f"value_{i}")
-            layer.cumulative_length = getattr(self, f"length_{i}")
-            layer.cumulative_length.copy_(position.reshape(()))
-            if reset:
+            if self.fused:
+                layer.start_pos = 0 if position is None else start
+            else:
+                layer.cumulative_length = getattr(self, f"length_{i}")
+                if position is None:
+                    layer.cumulative_length.zero_()
+                else:
+                    layer.cumulative_length.copy_(position.reshape(()))
+            if position is None:
                 layer.keys.zero_()
                 layer.values.zero_()
         return self.cache
@@ -148,9 +212,9 @@ class PrefillGraph(torch.nn.Module):
         record = self.config.needs_local_stats
         self.context.mode = "record" if record else "dense"
         self.context.stats = []
-        cache = self.kv.at(torch.zeros((), dtype=torch.int64), reset=True)
+        cache = self.kv.at(None)
         out = self.model(input_ids=input_ids, cache=cache, use_cache=True)
-        local = torch.stack(self.context.stats).sqrt() if record else torch.zeros(self.num_layers, self.m)
+        local = torch.stack(self.context.stats).sqrt().float() if record else torch.zeros(self.num_layers, self.m)
         self.context.mode = "dense"
         return out.logits, local, self.select(local)
 

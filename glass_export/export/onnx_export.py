@@ -44,9 +44,9 @@ def export(ctx: ExportContext) -> RecipeOutput:
     m, num_layers, k = info.intermediate_size, info.num_layers, config.keep_count(info.intermediate_size)
     ctx.step("building and writing graphs")
     spec = decoder_spec(ctx.model)
-    quant.check_dims({"hidden size": spec.hidden_size,
-                      "attention width (heads x head_dim)": spec.num_heads * spec.head_dim})
     plan = GraphPlan(spec, config, ctx.global_rank, quant, ctx.max_seq_len)
+    quant.check_dims({"hidden size": spec.hidden_size, "attention width (heads x head_dim)": spec.num_heads * spec.head_dim,
+                      **({"intermediate size": m} if plan.stock_down else {})})
     stats = write_graphs(plan, ctx.out, {"prefill": FILES["prefill"], "decode": FILES["decode"]}, FILES["weights"])
     ctx.step("checking graphs")
     check_loads(ctx.out, (FILES["prefill"], FILES["decode"]))
@@ -78,18 +78,20 @@ def export(ctx: ExportContext) -> RecipeOutput:
             "nodes": stats["nodes"]["decode"],
         },
     }
-    ops = [onnx_ops.GATHER_FFN_Q, onnx_ops.FFN_DOWN_Q] if quant.quantized else [onnx_ops.OP_TYPE]
     runtime = {
         "runtime": "onnxruntime (CPU execution provider)",
         "opset": OPSET,
         "operators": "GroupQueryAttention, SimplifiedLayerNormalization, SkipSimplifiedLayerNormalization"
                      + (", MatMulNBits, GatherBlockQuantized" if quant.quantized else ", MatMul, Gather"),
-        "custom_ops": [f"{onnx_ops.DOMAIN}.{op}" for op in ops],
-        "custom_opset": {"domain": onnx_ops.DOMAIN, "version": onnx_ops.OPSET_VERSION},
-        "native_library": native.ONNX_RUNTIME_LIB,
-        "fallback": "model-local ONNX functions of stock ops, used when the native library is not registered",
+        "custom_ops": [f"{onnx_ops.DOMAIN}.{op}" for op in stats["custom_ops"]],
         "weights_bytes": stats["bytes_written"],
         "weights_bytes_referenced_by_graphs": stats["bytes_referenced"],
     }
+    if stats["custom_ops"]:  # dense twins run stock operators only
+        runtime.update({
+            "custom_opset": {"domain": onnx_ops.DOMAIN, "version": onnx_ops.OPSET_VERSION},
+            "native_library": native.ONNX_RUNTIME_LIB,
+            "fallback": "model-local ONNX functions of stock ops, used when the native library is not registered",
+        })
     return RecipeOutput(graphs, runtime, kv_storage="one buffer of max_seq_len positions per layer and kind, bound as "
                                                     "both past input and present output (written in place)")

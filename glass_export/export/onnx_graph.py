@@ -125,7 +125,13 @@ class GraphPlan:
 
     @property
     def sparse_decode(self) -> bool:
-        return self.selection.method != "dense"
+        return self.selection.sparse_decode
+
+    @property
+    def stock_down(self) -> bool:
+        """W_down as a stock MatMulNBits, quantised along m (quantised dense twins: they never gather; see
+        quantization.quantize_model), not the glass layout."""
+        return self.quant.quantized and not self.sparse_decode
 
     @property
     def activation_code(self) -> int:
@@ -249,7 +255,10 @@ class DecoderGraph:
             return (self.g.weight(f"{prefix}.w_gate_up", gate_up.numpy()),
                     self.g.weight(f"{prefix}.w_down_t", down_t.numpy()))
         gu_codes, gu_scales = self._quantized(f"{prefix}.gate_up", gate_up.reshape(2 * m, d).numpy())
-        dn_codes, dn_scales = self._quantized(f"{prefix}.down", down_t.numpy())
+        if self.plan.stock_down:  # W_down [d, m], quantised along m
+            dn_codes, dn_scales = self._quantized(f"{prefix}.down_proj", down_t.numpy().T)
+        else:
+            dn_codes, dn_scales = self._quantized(f"{prefix}.down", down_t.numpy())
         return gu_codes, gu_scales, dn_codes, dn_scales
 
     def _function(self, op_type: str) -> None:
@@ -275,6 +284,10 @@ class DecoderGraph:
         z = self.g.op("Mul", [self.activation(gate), up])  # [1, T, m]
         if record:
             self.local_stats.append(self.normalised_square_sum(z))
+        if self.plan.stock_down:
+            return self.g.op("MatMulNBits", [z, weights[2], weights[3]], domain=MS_DOMAIN, K=m, N=self.spec.hidden_size,
+                             bits=self.quant.bits, block_size=self.quant.group_size,
+                             accuracy_level=self.quant.accuracy_level)
         if self.quant.quantized:
             self._function(onnx_ops.FFN_DOWN_Q)
             return self.g.op(onnx_ops.FFN_DOWN_Q, [z, weights[2], weights[3]], domain=onnx_ops.DOMAIN,
@@ -298,10 +311,11 @@ class DecoderGraph:
         return self.g.op("Gelu", [gate], approximate="tanh")
 
     def normalised_square_sum(self, z: str) -> str:
-        """sum over tokens of (z_t / ||z_t||)^2 -> [m]; a zero row contributes zero (selection.py)."""
+        """sum over tokens of (z_t / ||z_t||)^2 -> [m], in float64; a zero row contributes zero (selection.py)."""
+        z = self.g.op("Cast", [z], to=TensorProto.DOUBLE)
         norm = self.g.op("ReduceL2", [z, self.g.const([-1])], keepdims=1)
-        safe = self.g.op("Where", [self.g.op("Greater", [norm, self.g.const(0.0, np.float32)]), norm,
-                                   self.g.const(1.0, np.float32)])
+        safe = self.g.op("Where", [self.g.op("Greater", [norm, self.g.const(0.0, np.float64)]), norm,
+                                   self.g.const(1.0, np.float64)])
         normed = self.g.op("Div", [z, safe])
         return self.g.op("ReduceSum", [self.g.op("Mul", [normed, normed]), self.g.const([0, 1])], keepdims=0)
 
@@ -362,7 +376,7 @@ class DecoderGraph:
         logits = self.decoder(ids, past_names, seqlens_k, total, lambda layer, h: self.dense_ffn(layer, h, record))
         if record:
             stacked = g.op("Concat", [g.op("Unsqueeze", [s, g.const([0])]) for s in self.local_stats], axis=0)
-            local = g.op("Sqrt", [stacked])
+            local = g.op("Cast", [g.op("Sqrt", [stacked])], to=TensorProto.FLOAT)
         else:
             local = g.op("ConstantOfShape", [g.const([plan.num_layers, plan.m])],
                          value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
@@ -452,7 +466,8 @@ INLINE_LIMIT = 1024  # bytes: smaller tensors stay inside the graph file, as onn
 def write_graphs(plan: GraphPlan, directory, files: dict[str, str], data_name: str) -> dict:
     """Build both graphs and write them with one shared weights file, each tensor once.
 
-    files: {"prefill": file name, "decode": file name}. Returns byte counts for the manifest.
+    files: {"prefill": file name, "decode": file name}. Returns byte counts, node counts and the glass ops
+    used, for the manifest.
     """
     from pathlib import Path
 
@@ -489,4 +504,5 @@ def write_graphs(plan: GraphPlan, directory, files: dict[str, str], data_name: s
         model = graph.g.model(f"glass_{role}", list(graph.functions.values()), tensor)
         onnx.save(model, str(directory / files[role]))
     return {"bytes_written": written, "bytes_referenced": referenced,
-            "nodes": {role: len(graph.g.nodes) for role, graph in graphs.items()}}
+            "nodes": {role: len(graph.g.nodes) for role, graph in graphs.items()},
+            "custom_ops": sorted(set().union(*(graph.functions for graph in graphs.values())))}

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +14,16 @@ from ..generation import Backend, PrefillResult
 
 
 @contextlib.contextmanager
-def native_log_silenced():
-    """Send the process's stderr (file descriptor 2) to /dev/null for the block, unless the user
-    asked for --verbose (GLASS_VERBOSE=1)."""
-    if os.environ.get("GLASS_VERBOSE") == "1":
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+def torch_single_threaded():
+    """PyTorch copies the program's outputs into tensors; a copy as large as the logits runs on PyTorch's
+    OpenMP threads, which then spin-wait for more work on the cores ExecuTorch's own pool is using (on
+    2 cores that cost a decode step 29 %). One PyTorch thread while the program runs: no such region."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        os.dup2(devnull, 2)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        torch.set_num_threads(threads)
 
 
 class ExecuTorchBackend(Backend):
@@ -45,18 +37,22 @@ class ExecuTorchBackend(Backend):
                 "drop --no-native, or export with --target onnx to compare with the fallback")
         self.directory, self.manifest = directory, manifest
         self.max_seq_len = manifest.max_seq_len
-        try:
-            self.kernel_library = native.load_executorch_kernels()
-        except native.NativeLibraryMissing as exc:
-            raise GlassExportError(
-                f"this ExecuTorch artifact needs the glass kernels ({exc})",
-                "build them with `bash runtime_ops/build.sh`, or set GLASS_OPS_LIB_DIR to their directory",
-            ) from exc
+        self.kernel_library = None
+        if manifest.native_library:  # dense twins call no glass kernel
+            try:
+                self.kernel_library = native.load_executorch_kernels()
+            except native.NativeLibraryMissing as exc:
+                raise GlassExportError(
+                    f"this ExecuTorch artifact needs the glass kernels ({exc})",
+                    "build them with `bash runtime_ops/build.sh`, or set GLASS_OPS_LIB_DIR to their directory",
+                ) from exc
         import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
+
+        native.load_llm_custom_ops()
         from executorch.extension.pybindings import _C as pybindings
         from executorch.runtime import Runtime
 
-        with native_log_silenced():  # ExecuTorch's C++ logs its CPU probing to stderr
+        with native.native_log_silenced():  # ExecuTorch's C++ logs its CPU probing to stderr
             if threads:
                 # ExecuTorch's one thread pool, shared by XNNPACK and the glass kernels.
                 pybindings._unsafe_reset_threadpool(threads)
@@ -67,17 +63,20 @@ class ExecuTorchBackend(Backend):
                 self.decode_method = program.load_method("decode")
             except Exception as exc:  # the runtime raises RuntimeError / ValueError with its own codes
                 raise GlassExportError(f"executorch cannot load {directory}: {exc}", "re-export the artifact") from exc
-        self.description = (f"executorch, native kernels ({self.kernel_library.name}, {native.quant_kernels_name()}), "
-                            f"{self.threads} threads")
+        kernels = (f"native kernels ({self.kernel_library.name}, {native.quant_kernels_name()})"
+                   if self.kernel_library is not None else "stock kernels (no glass op in the program)")
+        self.description = f"executorch, {kernels}, {self.threads} threads"
 
     def _prefill(self, ids: list[int]) -> PrefillResult:
-        logits, local, indices = self.prefill_method.execute([torch.tensor([ids], dtype=torch.int64)])
+        with torch_single_threaded():
+            logits, local, indices = self.prefill_method.execute([torch.tensor([ids], dtype=torch.int64)])
         return PrefillResult(logits[0].numpy(), indices.numpy(), local.numpy())
 
     def _decode(self, token: int, position: int, indices: np.ndarray) -> np.ndarray:
-        (logits,) = self.decode_method.execute(
-            [torch.tensor([[token]]), torch.tensor([[position]]), torch.from_numpy(np.ascontiguousarray(indices))]
-        )
+        with torch_single_threaded():
+            (logits,) = self.decode_method.execute(
+                [torch.tensor([[token]]), torch.tensor([[position]]), torch.from_numpy(np.ascontiguousarray(indices))]
+            )
         return logits[0, -1].numpy()
 
     def close(self) -> None:

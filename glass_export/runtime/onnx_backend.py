@@ -32,7 +32,7 @@ class OnnxBackend(Backend):
         self.native_library = None
         if use_native and manifest.native_library:
             path = native.find_library(manifest.native_library)
-            if path is not None:
+            if path is not None and not native.missing_cpu_features():
                 options.register_custom_ops_library(str(path))
                 self.native_library = path
         try:
@@ -44,8 +44,10 @@ class OnnxBackend(Backend):
             raise GlassExportError(f"onnxruntime cannot load {directory}: {exc}", "re-export the artifact") from exc
         if self.native_library is not None:
             self.description = f"onnx, native kernels ({self.native_library.name}, {native.quant_kernels_name()})"
-        else:
+        elif manifest.runtime.get("custom_ops"):
             self.description = "onnx, function fallback (stock onnxruntime ops)"
+        else:
+            self.description = "onnx, stock onnxruntime ops (no glass op in the graphs)"
         kv = manifest.kv
         shape = (1, kv.num_kv_heads, manifest.max_seq_len, kv.head_dim)
         self._cache = [ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32)) for _ in kv.past_names]

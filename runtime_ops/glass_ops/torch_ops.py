@@ -4,8 +4,10 @@ fp32: gather_ffn (decode), ffn_up / ffn_down (dense prefill halves) over neuron-
 Quantised (`_q`): the same three over rows quantised along d in blocks (MatMulNBits' layout, see
 glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
 [rows, d / block], with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
-products see x quantised per block to int8 as MLAS's CompInt8 does. The references here define
-those semantics for PyTorch; the native kernels (src/quant_ffn.h) are held to them.
+products see x quantised per block to int8 as MLAS's CompInt8 does, and gather_ffn_q's down
+projection is an integer dot product over neurons with int8 coefficients (decode_down_int8). The
+references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
+src/quant_decode.h) are held to them.
 """
 
 from __future__ import annotations
@@ -88,15 +90,51 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Te
     return values.reshape(rows, -1)
 
 
+def int8_blocks(blocks: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLAS CompInt8's quantisation along dim: (q, scale) with scale = amax / 127 and
+    q = round-half-even(blocks * (127 / amax)) (0 where the block is all zero)."""
+    amax = blocks.abs().amax(dim=dim, keepdim=True)
+    inverse = torch.where(amax != 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
+    return torch.round(blocks * inverse), amax / 127.0
+
+
 def quantize_activations(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """x as the int8 kernels see it: per block of the last dim, scale = amax / 127,
-    q = round-half-even(x * (127 / amax)); returns q * scale (MLAS CompInt8's rules)."""
+    """x as the int8 kernels see it: per block of the last dim, int8_blocks; returns q * scale."""
     shape = x.shape
     blocks = x.reshape(*shape[:-1], shape[-1] // block_size, block_size).float()
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    inverse = torch.where(amax != 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
-    q = torch.round(blocks * inverse)
-    return (q * (amax / 127.0)).reshape(shape).to(x.dtype)
+    q, scale = int8_blocks(blocks, -1)
+    return (q * scale).reshape(shape).to(x.dtype)
+
+
+DOWN_GROUP = 32  # kept neurons per int8 group of the decode's down coefficients (src/quant_decode.h)
+
+
+def decode_down_int8(z, down, down_scales, bits, block_size):
+    """The sparse decode's down projection at accuracy level 4, over the kept neurons' down rows
+    (codes [k, blocks, blob], scales [k, blocks]) in kept order:
+
+        per group J of 32 consecutive kept neurons (the last padded with zeros) and output block g,
+        c_j = z_j * s_{j,g} is quantised like an activation block (int8_blocks), and
+        y_i = sum_J t_{J,g} * sum_{j in J} q_j * (u_{j,i} - Z),  g = i // block_size.
+    """
+    return down_int8_from_groups(z, centred_down_groups(down, bits, block_size), down_scales)
+
+
+def centred_down_groups(down, bits, block_size):
+    """Kept down rows' codes [k, blocks, blob] as u - Z, padded to whole groups: [J, 32, blocks, block_size]."""
+    k, blocks = down.shape[0], down.shape[1]
+    centred = dequantize(down, torch.ones(k, blocks), bits)
+    return F.pad(centred, (0, 0, 0, (-k) % DOWN_GROUP)).reshape(-1, DOWN_GROUP, blocks, block_size)
+
+
+def down_int8_from_groups(z, centred, down_scales):
+    """decode_down_int8 given centred_down_groups(...) (computed once per kept set by eager PyTorch).
+    The inner sums are integers below 2^24, so float32 holds them exactly in any order."""
+    pad = (-down_scales.shape[0]) % DOWN_GROUP
+    c = F.pad(z.float().unsqueeze(-1) * down_scales, (0, 0, 0, pad))  # [..., k_pad, blocks]
+    q, t = int8_blocks(c.unflatten(-2, (-1, DOWN_GROUP)), -2)  # [..., J, 32, blocks], [..., J, 1, blocks]
+    sums = torch.einsum("...jcn,jcnb->...jnb", q, centred)
+    return torch.einsum("...jn,...jnb->...nb", t.squeeze(-2), sums).flatten(-2).to(z.dtype)
 
 
 def _check_quant(name, bits, block_size, accuracy_level=4):
@@ -125,6 +163,8 @@ def gather_ffn_q_reference(x, gate_up, gate_up_scales, down, down_scales, idx, a
         bad = idx[(idx < 0) | (idx >= m)][0]
         raise IndexError(f"glass::gather_ffn_q: index {int(bad)} is out of range [0, {m})")
     z = _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level, rows=idx)
+    if accuracy_level == 4:
+        return decode_down_int8(z, down[idx], down_scales[idx], bits, block_size)
     return z @ dequantize(down, down_scales, bits)[idx]
 
 

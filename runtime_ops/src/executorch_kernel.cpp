@@ -3,7 +3,7 @@
 //   glass::ffn_up.out      dense prefill, first half: z = act(x W_gate^T) * (x W_up^T)
 //   glass::ffn_down.out    dense prefill, second half: y = z W_down^T (w_down_t [m, d])
 //   glass::gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
-//                          rows (quant_ffn.h; semantics in glass_ops/torch_ops.py)
+//                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py)
 // Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "gather_ffn.h"
-#include "quant_ffn.h"
+#include "quant_decode.h"
 
 namespace glass_et {
 
@@ -117,8 +117,8 @@ bool quant_rows(const Tensor& codes, const Tensor& scales, int64_t bits, int64_t
   return true;
 }
 
-glass::KeptRowsCache& kept_rows_cache() {
-  static glass::KeptRowsCache cache;
+glass::DecodePackCache& decode_pack_cache() {
+  static glass::DecodePackCache cache;
   return cache;
 }
 
@@ -145,10 +145,10 @@ Tensor& gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tenso
   const std::string bad = glass::check_indices(indices, k, m);
   GLASS_CHECK(bad.empty(), "%s", bad.c_str());
   const int64_t tokens = x.numel() / d;
-  const auto kept = kept_rows_cache().get(gu, dn, indices, k);
-  glass::gather_ffn_quant(x.const_data_ptr<float>(), tokens, kept->gate_up(), kept->down(), nullptr, k,
-                          static_cast<glass::Activation>(activation), static_cast<glass::Accuracy>(accuracy_level),
-                          out.mutable_data_ptr<float>(), glass::task_count_for(k, kMaxTasks, tokens * d), ExecuTorchFor{});
+  const auto pack = decode_pack_cache().get(gu, dn, indices, k);
+  glass::gather_ffn_quant(x.const_data_ptr<float>(), tokens, *pack, static_cast<glass::Activation>(activation),
+                          static_cast<glass::Accuracy>(accuracy_level), out.mutable_data_ptr<float>(),
+                          glass::task_count_for(k, kMaxTasks, tokens * d), ExecuTorchFor{});
   return out;
 }
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "gather_ffn.h"
-#include "quant_ffn.h"
+#include "quant_decode.h"
 
 namespace glass_ort {
 
@@ -126,23 +126,23 @@ struct GatherFFNQ {
     bad = glass::check_indices(indices, k, m);
     if (!bad.empty()) return invalid(bad);
     const int64_t tokens = x.NumberOfElement() / d;
-    std::shared_ptr<const glass::KeptRows> kept;
-    {  // the kept rows of this prompt, copied together once (Run may be called from several threads)
+    std::shared_ptr<const glass::DecodePack> pack;
+    {  // this prompt's kept rows, repacked once (Run may be called from several threads)
       std::lock_guard<std::mutex> lock(mutex_);
-      if (kept_ == nullptr || !kept_->holds(gu, dn, indices, k)) kept_ = std::make_shared<glass::KeptRows>(gu, dn, indices, k);
-      kept = kept_;
+      if (pack_ == nullptr || !pack_->holds(gu, dn, indices, k)) pack_ = std::make_shared<glass::DecodePack>(gu, dn, indices, k);
+      pack = pack_;
     }
     float* out = y.Allocate(xs);
-    glass::gather_ffn_quant(x.Data(), tokens, kept->gate_up(), kept->down(), nullptr, k,
-                            static_cast<glass::Activation>(activation_), static_cast<glass::Accuracy>(attrs_.accuracy),
-                            out, glass::task_count_for(k, kMaxTasks, tokens * d), OrtFor{context});
+    glass::gather_ffn_quant(x.Data(), tokens, *pack, static_cast<glass::Activation>(activation_),
+                            static_cast<glass::Accuracy>(attrs_.accuracy), out,
+                            glass::task_count_for(k, kMaxTasks, tokens * d), OrtFor{context});
     return Ort::Status{nullptr};
   }
 
   QuantAttributes attrs_;
   int64_t activation_ = -1;
   std::mutex mutex_;
-  std::shared_ptr<const glass::KeptRows> kept_;
+  std::shared_ptr<const glass::DecodePack> pack_;
 };
 
 struct FFNDownQ {

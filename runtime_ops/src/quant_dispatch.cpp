@@ -2,7 +2,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "quant_ffn.h"
+#include "quant_decode.h"
 
 #if defined(__aarch64__)
 #include <asm/hwcap.h>

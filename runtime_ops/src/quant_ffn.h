@@ -1,4 +1,6 @@
-// Quantised GLASS FFN compute core, shared by the ONNX Runtime and ExecuTorch kernels.
+// Quantised GLASS FFN compute core, shared by the ONNX Runtime and ExecuTorch kernels: the weight
+// format, the prepared activations, the row primitives and the dense prefill ops. The sparse decode
+// op, over the kept neurons repacked into tiles, is in quant_decode.h.
 //
 // Weights keep the neuron-contiguous layout of the fp32 ops, each row quantised along d in blocks,
 // exactly as ONNX Runtime's MatMulNBits stores a weight B [N, K] (so MatMulNBits can read the
@@ -13,11 +15,12 @@
 //   Int8 (4):    x is quantised per block as MLAS's CompInt8 path does (scale = amax / 127,
 //                q = round-half-even(x * (127 / amax))); gate and up are integer dot products.
 //   Float32 (1): x stays float; codes are dequantised on the fly.
-// The down projection always multiplies the float activation z by the dequantised row.
+// The dense down projection (prefill) multiplies the float activation z by the dequantised rows; the
+// sparse decode's down projection is defined in quant_decode.h.
 //
-// SIMD variants (x86-64 AVX2 and AVX-512 VNNI, arm64 NEON and NEON dotprod) implement two
-// primitives, `dot` and `axpy2`, and are chosen at run time (quant_kernels()); the scalar
-// versions here are the portable fallback and the reference the fuzz test holds them to.
+// SIMD variants (x86-64 AVX2 and AVX-512 VNNI, arm64 NEON and NEON dotprod) implement the primitives
+// of QuantKernels and are chosen at run time (quant_kernels()); the scalar versions are the portable
+// fallback and the reference the fuzz test holds them to.
 #pragma once
 
 #include <cmath>
@@ -87,15 +90,26 @@ struct PreparedX {
   std::vector<int32_t> lane_zero;
   std::vector<float> lane_scale;  // the activation scale of each lane's block
   std::vector<float> sub_scale;   // the activation scale of each sub-block's block
+  std::vector<int32_t> block_zero;  // Z * (sum of q over each block): the zero point's share of a block's dot
+
+  // The int8 value of element i.
+  int quantized(int64_t i, int bits) const {
+    if (bits == 8) return natural[i];
+    const int64_t s = i / kSubBlock, within = i % kSubBlock;
+    return (within & 1) ? odd[s * 16 + within / 2] : even[s * 16 + within / 2];
+  }
 };
 
 inline int lanes_per_sub(int bits) { return bits == 4 ? 4 : 8; }
 
 // MLAS CompInt8 quantisation of one block: scale = amax / 127, q = nearbyint(x * (127 / amax)).
+// (Written to vectorise: the decode runs it for every group of down coefficients of every token.)
 inline float quantize_block_int8(const float* x, int64_t n, int8_t* q) {
   float amax = 0.0f;
-  for (int64_t i = 0; i < n; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+#pragma omp simd reduction(max : amax)
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
   const float inverse = amax != 0.0f ? 127.0f / amax : 0.0f;
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) q[i] = static_cast<int8_t>(std::nearbyint(x[i] * inverse));
   return amax / 127.0f;
 }
@@ -112,9 +126,13 @@ inline void prepare_x(const float* x, int64_t cols, int bits, int64_t block, Acc
   const int z = zero_point(bits);
   std::vector<int8_t> q(static_cast<size_t>(padded * kSubBlock), 0);
   out.sub_scale.assign(static_cast<size_t>(padded), 0.0f);
+  out.block_zero.assign(static_cast<size_t>(cols / block), 0);
   for (int64_t g = 0; g < cols / block; ++g) {
     const float scale = quantize_block_int8(x + g * block, block, q.data() + g * block);
     for (int64_t s = g * block / kSubBlock; s < (g + 1) * block / kSubBlock; ++s) out.sub_scale[s] = scale;
+    int32_t sum = 0;
+    for (int64_t i = g * block; i < (g + 1) * block; ++i) sum += q[i];
+    out.block_zero[g] = z * sum;
   }
   out.lane_zero.assign(static_cast<size_t>(padded * lanes), 0);
   out.lane_scale.assign(static_cast<size_t>(padded * lanes), 0.0f);
@@ -147,7 +165,10 @@ inline void prepare_x(const float* x, int64_t cols, int bits, int64_t block, Acc
   }
 }
 
-// The two primitives every SIMD variant implements.
+class DecodePack;  // quant_decode.h
+struct GroupCoefs;
+
+// The primitives every SIMD variant implements.
 struct QuantKernels {
   const char* name;
   // Int8 accuracy: out[r] = rows[r] . x for n_rows = 2 or 4 rows (the gate and up rows of one or two
@@ -160,6 +181,11 @@ struct QuantKernels {
   void (*axpy2)(const uint8_t* row_a, const float* scales_a, float coef_a, const uint8_t* row_b,
                 const float* scales_b, float coef_b, float* acc, float* coef_sums, int64_t cols, int bits,
                 int64_t block);
+  // Sparse decode, Int8 accuracy (quant_decode.h): gate . x and up . x of the kept neurons of tiles
+  // [t0, t1), into gate[16 (t - t0) + r] and up[...].
+  void (*gate_up_tiles)(const DecodePack& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up);
+  // acc[0, d) += neuron group J's share of the down projection, from its int8 coefficients.
+  void (*down_group)(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc);
 };
 
 // --- portable scalar versions (the reference) ---------------------------------------------
@@ -244,11 +270,6 @@ inline float dot_float(const uint8_t* row, const float* scales, const float* x, 
   return acc;
 }
 
-inline const QuantKernels& scalar_kernels() {
-  static const QuantKernels table{"scalar", dot_scalar, axpy2_scalar};
-  return table;
-}
-
 // The fastest variant this CPU runs (GLASS_QUANT_KERNELS=<name> forces one, for tests).
 const QuantKernels& quant_kernels();
 // A variant by name ("scalar", "avx2", "avx512vnni", "neon", "neon-dotprod"), or null when this
@@ -277,26 +298,12 @@ inline void gate_up_dot(const QuantKernels& kernels, const QuantRows& gate_up, c
   }
 }
 
-// Kept neurons are scattered, so the hardware prefetcher stops at every jump between rows: fetch
-// the rows of a neuron a few places ahead into L2 while this one computes. (always_inline: GCC
-// deems an out-of-line function made only of prefetches side-effect free and drops its calls.)
-__attribute__((always_inline)) inline void prefetch_bytes(const uint8_t* p, int64_t bytes) {
-  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 2);
-}
-
-__attribute__((always_inline)) inline void prefetch_neuron(const QuantRows& gate_up, const QuantRows& down, int64_t neuron) {
-  prefetch_bytes(gate_up.row(2 * neuron), 2 * gate_up.row_bytes());
-  prefetch_bytes(down.row(neuron), down.row_bytes());
-}
-
 inline std::vector<PreparedX> prepare_tokens(const float* x, int64_t n_tokens, const QuantRows& rows,
                                              Accuracy accuracy) {
   std::vector<PreparedX> prepared(static_cast<size_t>(n_tokens));
   for (int64_t t = 0; t < n_tokens; ++t) prepare_x(x + t * rows.cols, rows.cols, rows.bits, rows.block, accuracy, prepared[t]);
   return prepared;
 }
-
-constexpr int64_t kPrefetchAhead = 2;
 
 // Per-task down-projection sums for n_tokens tokens, in code order, 64-byte aligned for the SIMD
 // kernels; finish_down() adds the tasks up, takes the zero points off and restores element order.
@@ -333,115 +340,6 @@ class DownAccumulator {
   std::vector<float> storage_;
   float* base_;
 };
-
-// The kept neurons' rows copied next to each other, so that every decode step streams contiguous
-// memory: scattered rows defeat the hardware prefetchers, which fetch past each row into the
-// dropped neighbours (measured 1.5x slower at rho = 0.5 on SmolLM2's shapes). A runtime builds
-// it once per kept set (once per prompt) and holds it while the set is in use: rho x the FFN's
-// bytes of extra memory.
-class KeptRows {
- public:
-  KeptRows(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k)
-      : source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k) {
-    gate_up_codes_.resize(static_cast<size_t>(2 * k * gate_up.row_bytes()));
-    gate_up_scales_.resize(static_cast<size_t>(2 * k * gate_up.blocks()));
-    down_codes_.resize(static_cast<size_t>(k * down.row_bytes()));
-    down_scales_.resize(static_cast<size_t>(k * down.blocks()));
-    for (int64_t j = 0; j < k; ++j) {
-      std::copy_n(gate_up.row(2 * idx[j]), 2 * gate_up.row_bytes(), gate_up_codes_.data() + 2 * j * gate_up.row_bytes());
-      std::copy_n(gate_up.row_scales(2 * idx[j]), 2 * gate_up.blocks(), gate_up_scales_.data() + 2 * j * gate_up.blocks());
-      std::copy_n(down.row(idx[j]), down.row_bytes(), down_codes_.data() + j * down.row_bytes());
-      std::copy_n(down.row_scales(idx[j]), down.blocks(), down_scales_.data() + j * down.blocks());
-    }
-    gate_up_ = QuantRows{gate_up_codes_.data(), gate_up_scales_.data(), gate_up.cols, gate_up.bits, gate_up.block};
-    down_ = QuantRows{down_codes_.data(), down_scales_.data(), down.cols, down.bits, down.block};
-  }
-
-  // Whether these rows are the kept set idx of these weights: same addresses, same indices, and a
-  // few sampled rows still equal to their copies (other weights at a reused address differ there).
-  bool holds(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) const {
-    if (gate_up.codes != source_gate_up_ || down.codes != source_down_ || static_cast<int64_t>(indices_.size()) != k ||
-        !std::equal(indices_.begin(), indices_.end(), idx)) {
-      return false;
-    }
-    for (int64_t sample = 0; sample < std::min<int64_t>(k, 4); ++sample) {
-      const int64_t j = sample * (k - 1) / std::max<int64_t>(1, std::min<int64_t>(k, 4) - 1);
-      if (!std::equal(gate_up.row(2 * idx[j]), gate_up.row(2 * idx[j]) + 2 * gate_up.row_bytes(), gate_up_.row(2 * j)) ||
-          !std::equal(down.row(idx[j]), down.row(idx[j]) + down.row_bytes(), down_.row(j)) ||
-          !std::equal(down.row_scales(idx[j]), down.row_scales(idx[j]) + down.blocks(), down_.row_scales(j))) {
-        return false;
-      }
-    }
-    return true;
-  }
-
-  const QuantRows& gate_up() const { return gate_up_; }  // row 2j, 2j + 1: kept neuron j
-  const QuantRows& down() const { return down_; }        // row j: kept neuron j
-
- private:
-  const uint8_t* source_gate_up_;
-  const uint8_t* source_down_;
-  std::vector<int64_t> indices_;
-  std::vector<uint8_t> gate_up_codes_, down_codes_;
-  std::vector<float> gate_up_scales_, down_scales_;
-  QuantRows gate_up_, down_;
-};
-
-// The KeptRows of each FFN's current kept set, for runtimes whose kernels keep no state of their own
-// (ExecuTorch): one entry per FFN, keyed by its weights, replaced when the kept set changes.
-class KeptRowsCache {
- public:
-  std::shared_ptr<const KeptRows> get(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto& entry = entries_[gate_up.codes];
-    if (entry == nullptr || !entry->holds(gate_up, down, idx, k)) {
-      if (entries_.size() > kMaxEntries) {  // programs came and went: start over
-        entries_.clear();
-        return entries_[gate_up.codes] = std::make_shared<const KeptRows>(gate_up, down, idx, k);
-      }
-      entry = std::make_shared<const KeptRows>(gate_up, down, idx, k);
-    }
-    return entry;
-  }
-
- private:
-  static constexpr size_t kMaxEntries = 512;
-  std::mutex mutex_;
-  std::unordered_map<const uint8_t*, std::shared_ptr<const KeptRows>> entries_;
-};
-
-// Decode: y [n_tokens, d] = FFN of x over k kept neurons: neurons idx (checked by the caller), or,
-// with idx null, rows 0..k-1 (KeptRows).
-template <typename ParallelFor>
-void gather_ffn_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up, const QuantRows& down,
-                      const int64_t* idx, int64_t k, Activation act, Accuracy accuracy, float* y, int64_t n_tasks,
-                      const ParallelFor& parallel_for) {
-  const QuantKernels& kernels = quant_kernels();
-  const int64_t d = gate_up.cols;
-  const std::vector<PreparedX> prepared = prepare_tokens(x, n_tokens, gate_up, accuracy);
-  DownAccumulator sums(n_tasks, n_tokens, d, down.blocks());
-  auto neuron = [idx](int64_t j) { return idx != nullptr ? idx[j] : j; };
-  for_each_task(k, n_tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; j += 2) {  // neurons in pairs: one pass over acc for both
-      const bool pair = j + 1 < end;
-      const int64_t first = neuron(j), second = pair ? neuron(j + 1) : first;
-      if (idx != nullptr && j + 2 + kPrefetchAhead < end) {
-        prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead - 1]);
-        prefetch_neuron(gate_up, down, idx[j + 2 + kPrefetchAhead]);
-      }
-      const int64_t neurons[2] = {first, second};
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        float gu[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        gate_up_dot(kernels, gate_up, neurons, pair ? 2 : 1, prepared[t], accuracy, gu);
-        kernels.axpy2(down.row(first), down.row_scales(first), activate(act, gu[0]) * gu[1],
-                      pair ? down.row(second) : nullptr, pair ? down.row_scales(second) : nullptr,
-                      pair ? activate(act, gu[2]) * gu[3] : 0.0f, sums.acc(task, t), sums.coef_sums(task, t), d,
-                      down.bits, down.block);
-      }
-    }
-  });
-  sums.finish(down.bits, down.block, y);
-}
 
 // Dense prefill, first half: z [n_tokens, m] = act(x . gate_i) * (x . up_i) for every neuron.
 template <typename ParallelFor>

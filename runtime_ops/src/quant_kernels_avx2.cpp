@@ -1,13 +1,16 @@
-// AVX2 + FMA versions of the quantised FFN primitives (quant_ffn.h), for x86-64 CPUs without
-// AVX-512 VNNI. Built with -mavx2 -mfma for this file only; quant_kernels() picks it at run time.
-// 4-bit: two 32-value sub-blocks a 256-bit step, vpmaddubsw (unsigned codes x int8 activations; a
-// pair sums to at most 2 * 15 * 127, no saturation) and the zero point off per lane. 8-bit: one
-// sub-block a step with the codes made signed (u ^ 0x80 = u - 128) and the sign trick
-// (|w| x sign(q, w): |-128| is 128 unsigned, and q never is -128), every pair below 2 * 128 * 127.
+// AVX2 + FMA versions of the quantised FFN primitives (quant_ffn.h, quant_decode.h), for x86-64 CPUs
+// without AVX-512 VNNI. Built with -mavx2 -mfma for this file only; quant_kernels() picks it at run time.
+// 4-bit: vpmaddubsw (unsigned codes x int8 activations; a pair sums to at most 2 * 15 * 127, no
+// saturation) and the zero point off per lane. 8-bit: the codes made signed (u ^ 0x80 = u - 128) and
+// the sign trick (|w| x sign(q, w): |-128| is 128 unsigned, and q never is -128), every pair below
+// 2 * 128 * 127. Row primitives: two 32-value sub-blocks (4-bit) or one (8-bit) a 256-bit step. Decode
+// tiles: a 64-byte group of 16 lanes is two registers of 8 lanes, each met by a broadcast word.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "quant_ffn.h"
+#include <cstring>
+
+#include "quant_decode.h"
 
 namespace glass {
 namespace {
@@ -135,10 +138,134 @@ void dot(const uint8_t* const* rows, const float* const* scales, int n_rows, con
   for (int r = 0; r < n_rows; r += 2) dot2(rows[r], scales[r], rows[r + 1], scales[r + 1], x, bits, block, out + r, out + r + 1);
 }
 
+// --- decode tiles (quant_decode.h) -----------------------------------------------------------
+
+inline __m256i broadcast_word(const int8_t* p) {
+  int32_t word;
+  std::memcpy(&word, p, sizeof(word));
+  return _mm256_set1_epi32(word);
+}
+
+// Per 32-bit lane: the sum of its 4 bytes' products. 4-bit: unsigned codes x the signed word;
+// 8-bit: the codes made signed and the sign trick.
+inline __m256i lane_dot4(__m256i codes, __m256i word) { return sum_pairs_to_lanes(_mm256_maddubs_epi16(codes, word)); }
+
+inline __m256i lane_dot8(__m256i codes, __m256i word) {
+  const __m256i w = _mm256_xor_si256(codes, _mm256_set1_epi8(static_cast<char>(0x80)));
+  return sum_pairs_to_lanes(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(word, w)));
+}
+
+inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+
+void gate_up_tiles(const DecodePack& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
+  const int64_t spb = pack.subs_per_block();
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  for (int64_t t = t0; t < t1; ++t) {
+    __m256 sums[2][2];  // [gate / up][lanes 0-7, 8-15]
+    for (auto& half : sums) half[0] = half[1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < pack.blocks(); ++g) {
+      __m256i acc[2][2];
+      for (auto& half : acc) half[0] = half[1] = _mm256_setzero_si256();
+      for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
+        for (int half = 0; half < 2; ++half) {
+          const uint8_t* tile = pack.gate_up_tile(t, half, s);
+          prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
+          for (int lanes = 0; lanes < 2; ++lanes) {
+            if (pack.bits == 4) {
+              for (int p = 0; p < 4; ++p) {
+                const __m256i codes = load256(tile + 64 * p + 32 * lanes);
+                const __m256i even = broadcast_word(x.even.data() + s * 16 + 4 * p);
+                const __m256i odd = broadcast_word(x.odd.data() + s * 16 + 4 * p);
+                acc[half][lanes] = _mm256_add_epi32(acc[half][lanes], lane_dot4(_mm256_and_si256(codes, low), even));
+                acc[half][lanes] = _mm256_add_epi32(
+                    acc[half][lanes], lane_dot4(_mm256_and_si256(_mm256_srli_epi16(codes, 4), low), odd));
+              }
+            } else {
+              for (int p = 0; p < 8; ++p) {
+                const __m256i word = broadcast_word(x.natural.data() + s * 32 + 4 * p);
+                acc[half][lanes] = _mm256_add_epi32(acc[half][lanes], lane_dot8(load256(tile + 64 * p + 32 * lanes), word));
+              }
+            }
+          }
+        }
+      }
+      // signed 8-bit codes need no zero-point correction
+      const __m256i zero = _mm256_set1_epi32(pack.bits == 4 ? x.block_zero[g] : 0);
+      const __m256 x_scale = _mm256_set1_ps(x.sub_scale[g * spb]);
+      for (int half = 0; half < 2; ++half) {
+        for (int lanes = 0; lanes < 2; ++lanes) {
+          const __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(pack.gate_up_scales(t, half, g) + 8 * lanes), x_scale);
+          sums[half][lanes] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[half][lanes], zero)), scale,
+                                              sums[half][lanes]);
+        }
+      }
+    }
+    for (int lanes = 0; lanes < 2; ++lanes) {
+      _mm256_storeu_ps(gate + (t - t0) * kTileRows + 8 * lanes, sums[0][lanes]);
+      _mm256_storeu_ps(up + (t - t0) * kTileRows + 8 * lanes, sums[1][lanes]);
+    }
+  }
+}
+
+void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  for (int64_t w = 0; w < pack.windows(); ++w) {
+    const int64_t g = w * kSubBlock / pack.block;
+    const uint8_t* tile = pack.down_tile(w, J);
+    const int8_t* q = coefs.q.data() + g * kDownGroup;
+    prefetch_ahead(tile, kDownGroup * pack.row_sub_bytes());
+    __m256i ints[2][2];  // 4-bit: [even / odd outputs][lanes]; 8-bit: [half][lanes]
+    for (auto& set : ints) set[0] = set[1] = _mm256_setzero_si256();
+    for (int p = 0; p < 8; ++p) {
+      const __m256i word = broadcast_word(q + 4 * p);
+      for (int lanes = 0; lanes < 2; ++lanes) {
+        if (pack.bits == 4) {
+          const __m256i codes = load256(tile + 64 * p + 32 * lanes);
+          ints[0][lanes] = _mm256_add_epi32(ints[0][lanes], lane_dot4(_mm256_and_si256(codes, low), word));
+          ints[1][lanes] = _mm256_add_epi32(ints[1][lanes],
+                                            lane_dot4(_mm256_and_si256(_mm256_srli_epi16(codes, 4), low), word));
+        } else {
+          for (int half = 0; half < 2; ++half) {
+            ints[half][lanes] = _mm256_add_epi32(ints[half][lanes],
+                                                 lane_dot8(load256(tile + 128 * p + 64 * half + 32 * lanes), word));
+          }
+        }
+      }
+    }
+    const __m256i zero = _mm256_set1_epi32(pack.bits == 4 ? coefs.zero[g] : 0);  // signed 8-bit codes: none
+    const __m256 scale = _mm256_set1_ps(coefs.scale[g]);
+    __m256 out[2][2];
+    for (int set = 0; set < 2; ++set) {
+      for (int lanes = 0; lanes < 2; ++lanes) {
+        out[set][lanes] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(ints[set][lanes], zero)), scale);
+      }
+    }
+    float* dst = acc + w * kSubBlock;
+    for (int lanes = 0; lanes < 2; ++lanes) {
+      __m256 first, second;
+      float* at_first = dst + 16 * lanes;
+      float* at_second = dst + 16 * lanes + 8;
+      if (pack.bits == 4) {  // interleave even and odd outputs: lane l of set 0 / 1 is output 2 l / 2 l + 1
+        const __m256 a = _mm256_unpacklo_ps(out[0][lanes], out[1][lanes]);
+        const __m256 b = _mm256_unpackhi_ps(out[0][lanes], out[1][lanes]);
+        first = _mm256_permute2f128_ps(a, b, 0x20);
+        second = _mm256_permute2f128_ps(a, b, 0x31);
+      } else {
+        first = out[0][lanes];
+        second = out[1][lanes];
+        at_first = dst + 8 * lanes;
+        at_second = dst + 16 + 8 * lanes;
+      }
+      _mm256_storeu_ps(at_first, _mm256_add_ps(_mm256_loadu_ps(at_first), first));
+      _mm256_storeu_ps(at_second, _mm256_add_ps(_mm256_loadu_ps(at_second), second));
+    }
+  }
+}
+
 }  // namespace
 
 const QuantKernels* avx2_kernels() {
-  static const QuantKernels table{"avx2", dot, axpy2};
+  static const QuantKernels table{"avx2", dot, axpy2, gate_up_tiles, down_group};
   return &table;
 }
 

@@ -1,11 +1,15 @@
-// AVX-512 (F, BW, VL, DQ) + VNNI versions of the quantised FFN primitives (quant_ffn.h).
-// Built with those instruction sets enabled for this file only; quant_kernels() picks it when the
-// CPU has them. Four 32-value sub-blocks (4-bit) or two (8-bit) fill one 512-bit register; vpdpbusd
-// multiplies the unsigned codes with the int8 activations and the zero point comes off per lane.
+// AVX-512 (F, BW, VL, DQ) + VNNI versions of the quantised FFN primitives (quant_ffn.h,
+// quant_decode.h). Built with those instruction sets enabled for this file only; quant_kernels() picks
+// it when the CPU has them. vpdpbusd multiplies the unsigned codes with int8 activations (or int8 down
+// coefficients) and the zero point comes off per lane. Row primitives: four 32-value sub-blocks (4-bit)
+// or two (8-bit) fill one register. Decode tiles: one register is 16 rows (or outputs) x 4 bytes, met by
+// one broadcast activation word.
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "quant_ffn.h"
+#include <cstring>
+
+#include "quant_decode.h"
 
 namespace glass {
 namespace {
@@ -128,10 +132,102 @@ void axpy2(const uint8_t* row_a, const float* scales_a, float coef_a, const uint
   });
 }
 
+// --- decode tiles (quant_decode.h) -----------------------------------------------------------
+
+inline __m512i broadcast_word(const int8_t* p) {
+  int32_t word;
+  std::memcpy(&word, p, sizeof(word));
+  return _mm512_set1_epi32(word);
+}
+
+void gate_up_tiles(const DecodePack& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
+  const int64_t spb = pack.subs_per_block();
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  for (int64_t t = t0; t < t1; ++t) {
+    __m512 sums[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t g = 0; g < pack.blocks(); ++g) {
+      __m512i acc[2][2] = {{_mm512_setzero_si512(), _mm512_setzero_si512()},
+                           {_mm512_setzero_si512(), _mm512_setzero_si512()}};  // [gate / up][two chains]
+      for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
+        const uint8_t* tiles[2] = {pack.gate_up_tile(t, 0, s), pack.gate_up_tile(t, 1, s)};
+        for (const uint8_t* tile : tiles) prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
+        if (pack.bits == 4) {
+          for (int p = 0; p < 4; ++p) {
+            const __m512i even = broadcast_word(x.even.data() + s * 16 + 4 * p);
+            const __m512i odd = broadcast_word(x.odd.data() + s * 16 + 4 * p);
+            for (int half = 0; half < 2; ++half) {
+              const __m512i codes = _mm512_loadu_si512(tiles[half] + 64 * p);
+              acc[half][0] = _mm512_dpbusd_epi32(acc[half][0], _mm512_and_si512(codes, low), even);
+              acc[half][1] = _mm512_dpbusd_epi32(acc[half][1], _mm512_and_si512(_mm512_srli_epi16(codes, 4), low), odd);
+            }
+          }
+        } else {
+          for (int p = 0; p < 8; ++p) {
+            const __m512i word = broadcast_word(x.natural.data() + s * 32 + 4 * p);
+            for (int half = 0; half < 2; ++half) {
+              acc[half][p & 1] = _mm512_dpbusd_epi32(acc[half][p & 1], _mm512_loadu_si512(tiles[half] + 64 * p), word);
+            }
+          }
+        }
+      }
+      const __m512i zero = _mm512_set1_epi32(x.block_zero[g]);
+      const __m512 x_scale = _mm512_set1_ps(x.sub_scale[g * spb]);
+      for (int half = 0; half < 2; ++half) {
+        const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[half][0], acc[half][1]), zero);
+        const __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(pack.gate_up_scales(t, half, g)), x_scale);
+        sums[half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, sums[half]);
+      }
+    }
+    _mm512_storeu_ps(gate + (t - t0) * kTileRows, sums[0]);
+    _mm512_storeu_ps(up + (t - t0) * kTileRows, sums[1]);
+  }
+}
+
+void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  // 4-bit: the low nibbles' lanes are the even outputs, the high nibbles' the odd ones
+  const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int64_t w = 0; w < pack.windows(); ++w) {
+    const int64_t g = w * kSubBlock / pack.block;
+    const uint8_t* tile = pack.down_tile(w, J);
+    const int8_t* q = coefs.q.data() + g * kDownGroup;
+    prefetch_ahead(tile, kDownGroup * pack.row_sub_bytes());
+    __m512i ints[2][2] = {{_mm512_setzero_si512(), _mm512_setzero_si512()},
+                          {_mm512_setzero_si512(), _mm512_setzero_si512()}};  // [lane set][two chains]
+    for (int p = 0; p < 8; ++p) {
+      const __m512i word = broadcast_word(q + 4 * p);
+      if (pack.bits == 4) {
+        const __m512i codes = _mm512_loadu_si512(tile + 64 * p);
+        ints[0][p & 1] = _mm512_dpbusd_epi32(ints[0][p & 1], _mm512_and_si512(codes, low), word);
+        ints[1][p & 1] = _mm512_dpbusd_epi32(ints[1][p & 1], _mm512_and_si512(_mm512_srli_epi16(codes, 4), low), word);
+      } else {
+        ints[0][p & 1] = _mm512_dpbusd_epi32(ints[0][p & 1], _mm512_loadu_si512(tile + 128 * p), word);
+        ints[1][p & 1] = _mm512_dpbusd_epi32(ints[1][p & 1], _mm512_loadu_si512(tile + 128 * p + 64), word);
+      }
+    }
+    const __m512i zero = _mm512_set1_epi32(coefs.zero[g]);
+    const __m512 scale = _mm512_set1_ps(coefs.scale[g]);
+    __m512 out[2];
+    for (int set = 0; set < 2; ++set) {
+      out[set] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(ints[set][0], ints[set][1]), zero)),
+                               scale);
+    }
+    float* dst = acc + w * kSubBlock;
+    if (pack.bits == 4) {
+      const __m512 first = _mm512_permutex2var_ps(out[0], first_half, out[1]);
+      out[1] = _mm512_permutex2var_ps(out[0], second_half, out[1]);
+      out[0] = first;
+    }
+    _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), out[0]));
+    _mm512_storeu_ps(dst + 16, _mm512_add_ps(_mm512_loadu_ps(dst + 16), out[1]));
+  }
+}
+
 }  // namespace
 
 const QuantKernels* avx512vnni_kernels() {
-  static const QuantKernels table{"avx512vnni", dot, axpy2};
+  static const QuantKernels table{"avx512vnni", dot, axpy2, gate_up_tiles, down_group};
   return &table;
 }
 

@@ -1,8 +1,13 @@
-// Randomised check of the quantised FFN core (quant_ffn.h) against a float64 reference on the
-// dequantised weights, for every kernel variant this CPU runs (scalar, AVX2, AVX-512 VNNI; NEON and
-// NEON dotprod on arm64, where CI runs it under qemu): random shapes, 4- and 8-bit codes, every block
-// size, both accuracies, unsorted and duplicate indices, k = 1 and k = m. With Int8 accuracy the
-// reference uses the int8-quantised activations, so the tolerance is float rounding only.
+// Randomised check of the quantised FFN core (quant_ffn.h, quant_decode.h) against float64 references
+// on the dequantised weights, for every kernel variant this CPU runs (scalar, AVX2, AVX-512 VNNI; NEON
+// and NEON dotprod on arm64, where CI runs it under qemu): random shapes, 4- and 8-bit codes, every
+// block size, both accuracies, unsorted and duplicate indices, k = 1 and k = m.
+//   prefill (ffn_up_quant, ffn_down_quant): against the float64 FFN on the activations the kernels see;
+//   decode, Float32 accuracy: gather_ffn_quant against the float64 FFN over the kept neurons;
+//   decode, Int8 accuracy, stage by stage: the gate/up tiles against float64 dot products, the down
+//     windows against float64 sums of the very int8 coefficients they get (DownCoefs), the whole op
+//     (several tasks) against those stages, and against the float64 FFN within the bound that the
+//     coefficients' rounding (half a step each) allows.
 // Built with -DGLASS_ASAN=ON in CI: buffers are exact-size, any read past them aborts the run.
 // Prints "N passed, N failed" per variant; exits 1 on any failure.
 #include <cmath>
@@ -12,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "quant_ffn.h"
+#include "quant_decode.h"
 
 namespace {
 
@@ -90,19 +95,20 @@ std::vector<double> seen_x(const Case& k, int64_t t) {
 
 bool close(double got, double want, double scale) { return std::fabs(got - want) <= 1e-4 * scale + 1e-5; }
 
-// Returns "" or what failed.
-std::string check(const Case& k) {
-  glass::QuantRows gu{k.gu_codes.data(), k.gu_scales.data(), k.d, k.bits, k.block};
-  glass::QuantRows dn{k.dn_codes.data(), k.dn_scales.data(), k.d, k.bits, k.block};
-  const int64_t kk = static_cast<int64_t>(k.idx.size());
-  std::vector<float> y(k.tokens * k.d), z(k.tokens * k.m), y2(k.tokens * k.d);
-  glass::gather_ffn_quant(k.x.data(), k.tokens, gu, dn, k.idx.data(), kk, k.act, k.accuracy, y.data(), 1 + kk % 3,
-                          glass::SerialFor{});
+std::string mismatch(const char* what, int64_t t, int64_t i, double got, double want) {
+  return std::string(what) + "[" + std::to_string(t) + "," + std::to_string(i) + "] " + std::to_string(got) + " want " +
+         std::to_string(want);
+}
+
+// The prefill ops against the float64 FFN over all neurons; z_ref gets the reference z.
+std::string check_prefill(const Case& k, const glass::QuantRows& gu, const glass::QuantRows& dn,
+                          std::vector<std::vector<double>>& z_ref) {
+  std::vector<float> z(k.tokens * k.m), y(k.tokens * k.d);
   glass::ffn_up_quant(k.x.data(), k.tokens, gu, k.m, k.act, k.accuracy, z.data(), 2, glass::SerialFor{});
-  glass::ffn_down_quant(z.data(), k.tokens, k.m, dn, y2.data(), 3, glass::SerialFor{});
+  glass::ffn_down_quant(z.data(), k.tokens, k.m, dn, y.data(), 3, glass::SerialFor{});
+  z_ref.assign(k.tokens, std::vector<double>(k.m));
   for (int64_t t = 0; t < k.tokens; ++t) {
     const std::vector<double> xs = seen_x(k, t);
-    std::vector<double> zr(k.m), yr(k.d, 0.0), yd(k.d, 0.0);
     double magnitude = 1.0;
     for (int64_t n = 0; n < k.m; ++n) {
       double g = 0, u = 0, scale = 0;
@@ -111,30 +117,100 @@ std::string check(const Case& k) {
         u += weight(k.gu_codes, k.gu_scales, k, 2 * n + 1, i) * xs[i];
         scale += std::fabs(weight(k.gu_codes, k.gu_scales, k, 2 * n, i) * xs[i]);
       }
-      zr[n] = act_ref(k.act, g) * u;
-      if (!close(z[t * k.m + n], zr[n], std::max(1.0, scale * (1 + std::fabs(u))))) {
-        return "ffn_up z[" + std::to_string(t) + "," + std::to_string(n) + "] " + std::to_string(z[t * k.m + n]) +
-               " want " + std::to_string(zr[n]);
+      z_ref[t][n] = act_ref(k.act, g) * u;
+      if (!close(z[t * k.m + n], z_ref[t][n], std::max(1.0, scale * (1 + std::fabs(u))))) {
+        return mismatch("ffn_up z", t, n, z[t * k.m + n], z_ref[t][n]);
       }
-      magnitude = std::max(magnitude, std::fabs(zr[n]));
+      magnitude = std::max(magnitude, std::fabs(z_ref[t][n]));
     }
-    for (int64_t j : k.idx) {
-      for (int64_t i = 0; i < k.d; ++i) yr[i] += zr[j] * weight(k.dn_codes, k.dn_scales, k, j, i);
-    }
-    for (int64_t n = 0; n < k.m; ++n) {
-      for (int64_t i = 0; i < k.d; ++i) yd[i] += double(z[t * k.m + n]) * weight(k.dn_codes, k.dn_scales, k, n, i);
-    }
-    const double tol_scale = magnitude * std::sqrt(double(kk + k.m)) * 4;
     for (int64_t i = 0; i < k.d; ++i) {
-      if (!close(y[t * k.d + i], yr[i], tol_scale)) {
-        return "gather y[" + std::to_string(i) + "] " + std::to_string(y[t * k.d + i]) + " want " + std::to_string(yr[i]);
+      double want = 0;
+      for (int64_t n = 0; n < k.m; ++n) want += double(z[t * k.m + n]) * weight(k.dn_codes, k.dn_scales, k, n, i);
+      if (!close(y[t * k.d + i], want, magnitude * std::sqrt(double(k.m)) * 4)) return mismatch("ffn_down y", t, i, y[t * k.d + i], want);
+    }
+  }
+  return "";
+}
+
+// Sparse decode (quant_decode.h) over the kept neurons idx.
+std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass::QuantRows& dn,
+                         const std::vector<std::vector<double>>& z_ref) {
+  const int64_t kk = static_cast<int64_t>(k.idx.size());
+  const glass::DecodePack pack(gu, dn, k.idx.data(), kk);
+  if (!pack.holds(gu, dn, k.idx.data(), kk)) return "a fresh pack does not hold its own kept set";
+  std::vector<float> y(k.tokens * k.d);
+  glass::gather_ffn_quant(k.x.data(), k.tokens, pack, k.act, k.accuracy, y.data(), 1 + kk % 3, glass::SerialFor{});
+  const glass::QuantKernels& kernels = glass::quant_kernels();
+  const int zp = glass::zero_point(k.bits);
+  for (int64_t t = 0; t < k.tokens; ++t) {
+    double magnitude = 1.0;
+    for (int64_t j : k.idx) magnitude = std::max(magnitude, std::fabs(z_ref[t][j]));
+    const double tolerance = magnitude * std::sqrt(double(kk)) * 4;
+    const float* yt = y.data() + t * k.d;
+    if (k.accuracy == glass::Accuracy::Float32) {
+      for (int64_t i = 0; i < k.d; ++i) {
+        double want = 0;
+        for (int64_t j : k.idx) want += z_ref[t][j] * weight(k.dn_codes, k.dn_scales, k, j, i);
+        if (!close(yt[i], want, tolerance)) return mismatch("decode (float) y", t, i, yt[i], want);
       }
-      if (!close(y2[t * k.d + i], yd[i], tol_scale)) {
-        return "ffn_down y[" + std::to_string(i) + "] " + std::to_string(y2[t * k.d + i]) + " want " + std::to_string(yd[i]);
+      continue;
+    }
+    // gate/up tiles against float64 dot products with the int8 activations
+    glass::PreparedX x;
+    glass::prepare_x(k.x.data() + t * k.d, k.d, k.bits, k.block, k.accuracy, x);
+    std::vector<float> gate(pack.k_pad), up(pack.k_pad), z(pack.k_pad, 0.0f), y_staged(k.d, 0.0f);
+    kernels.gate_up_tiles(pack, x, 0, pack.tiles(), gate.data(), up.data());
+    const std::vector<double> xs = seen_x(k, t);
+    for (int64_t j = 0; j < kk; ++j) {
+      double g = 0, u = 0, scale = 0;
+      for (int64_t i = 0; i < k.d; ++i) {
+        g += weight(k.gu_codes, k.gu_scales, k, 2 * k.idx[j], i) * xs[i];
+        u += weight(k.gu_codes, k.gu_scales, k, 2 * k.idx[j] + 1, i) * xs[i];
+        scale += std::fabs(weight(k.gu_codes, k.gu_scales, k, 2 * k.idx[j], i) * xs[i]);
+      }
+      if (!close(gate[j], g, std::max(1.0, scale))) return mismatch("decode gate", t, j, gate[j], g);
+      if (!close(up[j], u, std::max(1.0, scale))) return mismatch("decode up", t, j, up[j], u);
+      z[j] = glass::activate(k.act, gate[j]) * up[j];
+    }
+    // each group's down share against float64 sums of its own int8 coefficients
+    std::vector<double> want(k.d, 0.0), rounding(k.d, 0.0);
+    for (int64_t J = 0; J < pack.groups(); ++J) {
+      glass::GroupCoefs coefs;
+      coefs.compute(pack, J, z.data() + J * glass::kDownGroup);
+      kernels.down_group(pack, coefs, J, y_staged.data());
+      for (int64_t i = 0; i < k.d; ++i) {
+        const int64_t g = i / k.block;
+        for (int64_t jj = 0; jj < glass::kDownGroup && J * glass::kDownGroup + jj < kk; ++jj) {
+          const int64_t j = J * glass::kDownGroup + jj;
+          const int code = glass::code_at(k.dn_codes.data() + k.idx[j] * (k.d * k.bits / 8), k.bits, i);
+          want[i] += double(coefs.scale[g]) * coefs.q[g * glass::kDownGroup + jj] * (code - zp);
+          rounding[i] += 0.5 * coefs.scale[g] * std::abs(code - zp);
+        }
+      }
+    }
+    for (int64_t i = 0; i < k.d; ++i) {
+      if (!close(y_staged[i], want[i], tolerance)) return mismatch("decode down", t, i, y_staged[i], want[i]);
+      if (std::fabs(yt[i] - y_staged[i]) > 1e-5 * (std::fabs(want[i]) + tolerance * 1e-2)) {
+        return mismatch("decode (tasks) vs its stages", t, i, yt[i], y_staged[i]);
+      }
+      // and the whole against the FFN itself, within the coefficients' rounding
+      double exact = 0;
+      for (int64_t j = 0; j < kk; ++j) exact += double(z[j]) * weight(k.dn_codes, k.dn_scales, k, k.idx[j], i);
+      if (std::fabs(yt[i] - exact) > rounding[i] * 1.0001 + 1e-4 * tolerance + 1e-5) {
+        return mismatch("decode y vs the float FFN", t, i, yt[i], exact);
       }
     }
   }
   return "";
+}
+
+// Returns "" or what failed.
+std::string check(const Case& k) {
+  glass::QuantRows gu{k.gu_codes.data(), k.gu_scales.data(), k.d, k.bits, k.block};
+  glass::QuantRows dn{k.dn_codes.data(), k.dn_scales.data(), k.d, k.bits, k.block};
+  std::vector<std::vector<double>> z_ref;
+  std::string error = check_prefill(k, gu, dn, z_ref);
+  return error.empty() ? check_decode(k, gu, dn, z_ref) : error;
 }
 
 }  // namespace

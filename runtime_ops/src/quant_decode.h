@@ -1,0 +1,326 @@
+// Quantised GLASS decode: the FFN over one prompt's kept neurons, for every decode step.
+//
+// At the first decode step of a prompt the kept neurons' rows are repacked once (DecodePack) into
+// tiles the SIMD kernels stream with one broadcast activation word per 4 bytes: every lane of a
+// register is one row (gate/up) or one output (down), so no horizontal sums and no per-row scale
+// shuffles, and the rows a step reads are contiguous (kept rows scattered through the full matrix
+// defeat the hardware prefetchers). The pack costs about rho x the FFN's bytes of memory while the
+// prompt is in use.
+//
+// Semantics, per token x (what glass_ops/torch_ops.py's gather_ffn_q reference computes):
+//   gate_j, up_j = dot products of the kept neuron j's rows with x (Int8 accuracy: x quantised per
+//                  block as in quant_ffn.h; Float32: float x), z_j = act(gate_j) * up_j;
+//   down, Int8 accuracy: per group J of 32 consecutive kept neurons (in idx order; the last group
+//                  padded with zeros) and output block g, the coefficients c_j = z_j * s_{j,g} (s: the
+//                  down rows' scales) are quantised to int8 like an activation block (t = amax / 127,
+//                  q = round-half-even(c * 127 / amax)), and
+//                  y_i = sum_J t_{J,g} * sum_{j in J} q_j * (u_{j,i} - Z),   g = i / block,
+//                  an integer dot product over neurons, as MatMulNBits does over its K dimension;
+//   down, Float32 accuracy: y_i = sum_j z_j * s_{j,g} * (u_{j,i} - Z).
+//
+// Pack layout (R = 32 * bits / 8 bytes, one row's 32-value sub-block; 4-byte words, one per lane):
+//   gate/up tile t (kept neurons 16t..16t+15: their gate rows, half 0, or up rows, half 1), sub-block s:
+//     16 R bytes; byte 64 p + 4 r + b = byte 4 p + b of row r's sub-block s, the row's own bytes (so a
+//     repack copies words). 4-bit: low nibbles are elements 32s + 8p + 2b, high nibbles 8p + 2b + 1,
+//     which meet PreparedX's even and odd words; 8-bit: element 32s + 4p + b, PreparedX's natural.
+//   neuron group J x down window w (outputs 32w..32w+31), stored group by group: 32 R bytes; byte
+//     ((p H + h) 16 + l) 4 + b = byte R w + 16 h + l of kept neuron 32J + 4p + b's down row, H = R / 16.
+//     4-bit: lane l's low nibbles are output 32w + 2l, its high nibbles 32w + 2l + 1; 8-bit: lane l of
+//     half h is output 32w + 16h + l. The 4 bytes of a lane are 4 neurons: one broadcast word of q per p.
+//
+// Work is split by neuron groups: each task takes whole groups of 32 kept neurons, computes their gate,
+// up and z, their down coefficients and their share of y into a private buffer, so one parallel_for
+// (one wake-up of the pool) covers the whole op; the shares are summed at the end.
+#pragma once
+
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "quant_ffn.h"
+
+namespace glass {
+
+constexpr int64_t kTileRows = 16;   // lanes of a tile: gate/up rows, or down outputs per half-window
+constexpr int64_t kDownGroup = 32;  // kept neurons per int8 group of down coefficients
+// The kernels stream the pack in order; a software prefetch this far ahead of each tile keeps the
+// stream from L3 / DRAM flowing (measured 18 % faster per decode FFN once the packs of all layers
+// outgrow the caches, neutral when they fit).
+constexpr int64_t kPrefetchDistance = 2048;
+
+// Prefetch the `bytes` of the tile that lies kPrefetchDistance bytes after p (prefetches never fault).
+// (always_inline: GCC may drop an out-of-line function made only of prefetches.)
+__attribute__((always_inline)) inline void prefetch_ahead(const uint8_t* p, int64_t bytes) {
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + kPrefetchDistance + i, 0, 3);
+}
+
+class DecodePack {
+ public:
+  DecodePack(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k)
+      : k(k), k_pad((k + kDownGroup - 1) / kDownGroup * kDownGroup), d(gate_up.cols), block(gate_up.block),
+        bits(gate_up.bits), source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k),
+        samples_(sample(gate_up, down, idx, k)) {
+    const int64_t R = row_sub_bytes(), n_sub = d / kSubBlock, nb = blocks();
+    gate_up_.assign(static_cast<size_t>(tiles() * 2 * n_sub * kTileRows * R), 0);
+    gate_up_scales_.assign(static_cast<size_t>(tiles() * 2 * nb * kTileRows), 0.0f);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t t = j / kTileRows, r = j % kTileRows;
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t* row = gate_up.row(2 * idx[j] + half);
+        for (int64_t s = 0; s < n_sub; ++s) {
+          uint8_t* tile = gate_up_.data() + gate_up_offset(t, half, s);
+          for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
+        }
+        const float* scales = gate_up.row_scales(2 * idx[j] + half);
+        for (int64_t g = 0; g < nb; ++g) gate_up_scales_[((t * 2 + half) * nb + g) * kTileRows + r] = scales[g];
+      }
+    }
+    const int64_t H = R / 16;
+    down_.assign(static_cast<size_t>(groups() * windows() * kDownGroup * R), 0);
+    down_scales_.assign(static_cast<size_t>(groups() * nb * kDownGroup), 0.0f);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t J = j / kDownGroup, p = (j % kDownGroup) / 4, b = j % 4;
+      const uint8_t* row = down.row(idx[j]);
+      for (int64_t w = 0; w < windows(); ++w) {
+        uint8_t* tile = down_.data() + down_offset(w, J);
+        for (int64_t h = 0; h < H; ++h) {
+          for (int64_t l = 0; l < 16; ++l) tile[((p * H + h) * 16 + l) * 4 + b] = row[R * w + 16 * h + l];
+        }
+      }
+      const float* scales = down.row_scales(idx[j]);
+      for (int64_t g = 0; g < nb; ++g) down_scales_[(J * nb + g) * kDownGroup + j % kDownGroup] = scales[g];
+    }
+  }
+
+  // Whether this pack is the kept set idx of these weights: same addresses, same indices, and a few
+  // sampled source rows unchanged (other weights at a reused address differ there).
+  bool holds(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t count) const {
+    return gate_up.codes == source_gate_up_ && down.codes == source_down_ && count == k &&
+           std::equal(indices_.begin(), indices_.end(), idx) && sample(gate_up, down, idx, count) == samples_;
+  }
+
+  const int64_t k, k_pad, d, block;
+  const int bits;
+
+  int64_t row_sub_bytes() const { return kSubBlock * bits / 8; }
+  int64_t blocks() const { return d / block; }
+  int64_t tiles() const { return k_pad / kTileRows; }
+  int64_t groups() const { return k_pad / kDownGroup; }
+  int64_t windows() const { return d / kSubBlock; }
+  int64_t subs_per_block() const { return block / kSubBlock; }
+
+  // 16 R bytes: sub-block s of tile t's gate (half 0) or up (half 1) rows.
+  const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const { return gate_up_.data() + gate_up_offset(t, half, s); }
+  // 16 floats: the scales of block g of those rows.
+  const float* gate_up_scales(int64_t t, int half, int64_t g) const {
+    return gate_up_scales_.data() + ((t * 2 + half) * blocks() + g) * kTileRows;
+  }
+  // 32 R bytes: window w of neuron group J's down rows.
+  const uint8_t* down_tile(int64_t w, int64_t J) const { return down_.data() + down_offset(w, J); }
+  // 32 floats: the down scales s_{j,g} of group J's neurons.
+  const float* down_scales(int64_t J, int64_t g) const { return down_scales_.data() + (J * blocks() + g) * kDownGroup; }
+
+  // The code of element i of row r of tile t, half; and of output i of neuron j of group J (portable paths).
+  int gate_up_code(int64_t t, int half, int64_t r, int64_t i) const {
+    const int64_t within = i % kSubBlock, byte = bits == 4 ? within / 2 : within;
+    const uint8_t value = gate_up_tile(t, half, i / kSubBlock)[64 * (byte / 4) + 4 * r + byte % 4];
+    return bits == 8 ? value : (within & 1) ? value >> 4 : value & 0x0F;
+  }
+  int down_code(int64_t J, int64_t j, int64_t i) const {
+    const int64_t within = i % kSubBlock, H = row_sub_bytes() / 16;
+    const int64_t h = bits == 4 ? 0 : within / 16, l = bits == 4 ? within / 2 : within % 16;
+    const uint8_t value = down_tile(i / kSubBlock, J)[(((j / 4) * H + h) * 16 + l) * 4 + j % 4];
+    return bits == 8 ? value : (within & 1) ? value >> 4 : value & 0x0F;
+  }
+
+ private:
+  int64_t gate_up_offset(int64_t t, int half, int64_t s) const {
+    return ((t * 2 + half) * (d / kSubBlock) + s) * kTileRows * row_sub_bytes();
+  }
+  int64_t down_offset(int64_t w, int64_t J) const { return (J * windows() + w) * kDownGroup * row_sub_bytes(); }
+
+  // The codes and scales of up to 4 kept neurons spread over idx.
+  static std::vector<uint8_t> sample(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
+    std::vector<uint8_t> bytes;
+    const int64_t n = std::min<int64_t>(k, 4);
+    for (int64_t which = 0; which < n; ++which) {
+      const int64_t j = idx[which * (k - 1) / std::max<int64_t>(1, n - 1)];
+      const auto add = [&](const void* p, int64_t size) {
+        bytes.insert(bytes.end(), static_cast<const uint8_t*>(p), static_cast<const uint8_t*>(p) + size);
+      };
+      add(gate_up.row(2 * j), 2 * gate_up.row_bytes());
+      add(gate_up.row_scales(2 * j), 2 * gate_up.blocks() * sizeof(float));
+      add(down.row(j), down.row_bytes());
+      add(down.row_scales(j), down.blocks() * sizeof(float));
+    }
+    return bytes;
+  }
+
+  const uint8_t* source_gate_up_;
+  const uint8_t* source_down_;
+  std::vector<int64_t> indices_;
+  std::vector<uint8_t> samples_;
+  std::vector<uint8_t> gate_up_, down_;
+  std::vector<float> gate_up_scales_, down_scales_;
+};
+
+// The DecodePack of each FFN's current kept set, for runtimes whose kernels keep no state of their own
+// (ExecuTorch): one entry per FFN, keyed by its weights, replaced when the kept set changes.
+class DecodePackCache {
+ public:
+  std::shared_ptr<const DecodePack> get(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.size() > kMaxEntries) entries_.clear();  // programs came and went: start over
+    auto& entry = entries_[gate_up.codes];
+    if (entry == nullptr || !entry->holds(gate_up, down, idx, k)) entry = std::make_shared<const DecodePack>(gate_up, down, idx, k);
+    return entry;
+  }
+
+ private:
+  static constexpr size_t kMaxEntries = 512;
+  std::mutex mutex_;
+  std::unordered_map<const uint8_t*, std::shared_ptr<const DecodePack>> entries_;
+};
+
+// One neuron group's int8 down coefficients for one token (Int8 accuracy), per output block g.
+struct GroupCoefs {
+  std::vector<int8_t> q;      // [blocks][32]
+  std::vector<float> scale;   // [blocks]: t = amax / 127
+  std::vector<int32_t> zero;  // [blocks]: Z * sum(q), for kernels that multiply unsigned codes
+
+  // z: the group's 32 activations (0 for padding neurons).
+  void compute(const DecodePack& pack, int64_t J, const float* z) {
+    const int64_t nb = pack.blocks();
+    q.resize(static_cast<size_t>(nb * kDownGroup));
+    scale.resize(static_cast<size_t>(nb));
+    zero.resize(static_cast<size_t>(nb));
+    const int zp = zero_point(pack.bits);
+    float c[kDownGroup];
+    for (int64_t g = 0; g < nb; ++g) {
+      const float* s = pack.down_scales(J, g);
+#pragma omp simd
+      for (int64_t j = 0; j < kDownGroup; ++j) c[j] = z[j] * s[j];
+      int8_t* out = q.data() + g * kDownGroup;
+      scale[g] = quantize_block_int8(c, kDownGroup, out);
+      int32_t sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t j = 0; j < kDownGroup; ++j) sum += out[j];
+      zero[g] = zp * sum;
+    }
+  }
+};
+
+// --- portable versions: the scalar variant (the reference) and the Float32-accuracy path --------
+
+// gate[16 (t - t0) + r], up[...]: rows r of tiles [t0, t1).
+inline void gate_up_tiles_scalar(const DecodePack& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate,
+                                 float* up) {
+  const int z = zero_point(pack.bits);
+  const int64_t spb = pack.subs_per_block();
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int half = 0; half < 2; ++half) {
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        float acc = 0.0f;
+        for (int64_t g = 0; g < pack.blocks(); ++g) {
+          int32_t sum = 0;
+          for (int64_t i = g * pack.block; i < (g + 1) * pack.block; ++i) {
+            sum += (pack.gate_up_code(t, half, r, i) - z) * x.quantized(i, pack.bits);
+          }
+          acc += static_cast<float>(sum) * (pack.gate_up_scales(t, half, g)[r] * x.sub_scale[g * spb]);
+        }
+        (half == 0 ? gate : up)[(t - t0) * kTileRows + r] = acc;
+      }
+    }
+  }
+}
+
+// acc[0, d) += group J's share of the down projection.
+inline void down_group_scalar(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
+  const int z = zero_point(pack.bits);
+  for (int64_t i = 0; i < pack.d; ++i) {
+    const int64_t g = i / pack.block;
+    const int8_t* q = coefs.q.data() + g * kDownGroup;
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kDownGroup; ++j) sum += q[j] * (pack.down_code(J, j, i) - z);
+    acc[i] += coefs.scale[g] * static_cast<float>(sum);
+  }
+}
+
+inline void gate_up_tiles_float(const DecodePack& pack, const float* x, int64_t t0, int64_t t1, float* gate, float* up) {
+  const int z = zero_point(pack.bits);
+  for (int64_t t = t0; t < t1; ++t) {
+    for (int half = 0; half < 2; ++half) {
+      for (int64_t r = 0; r < kTileRows; ++r) {
+        float acc = 0.0f;
+        for (int64_t g = 0; g < pack.blocks(); ++g) {
+          float part = 0.0f;
+          for (int64_t i = g * pack.block; i < (g + 1) * pack.block; ++i) {
+            part += x[i] * static_cast<float>(pack.gate_up_code(t, half, r, i) - z);
+          }
+          acc += part * pack.gate_up_scales(t, half, g)[r];
+        }
+        (half == 0 ? gate : up)[(t - t0) * kTileRows + r] = acc;
+      }
+    }
+  }
+}
+
+// Float32 accuracy: acc[0, d) += sum over group J's neurons of z_j * s_{j,g} * (u_{j,i} - Z).
+inline void down_group_float(const DecodePack& pack, const float* z_group, int64_t J, float* acc) {
+  const int z = zero_point(pack.bits);
+  for (int64_t i = 0; i < pack.d; ++i) {
+    const float* s = pack.down_scales(J, i / pack.block);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < kDownGroup; ++j) sum += z_group[j] * s[j] * static_cast<float>(pack.down_code(J, j, i) - z);
+    acc[i] += sum;
+  }
+}
+
+inline const QuantKernels& scalar_kernels() {
+  static const QuantKernels table{"scalar", dot_scalar, axpy2_scalar, gate_up_tiles_scalar, down_group_scalar};
+  return table;
+}
+
+// Decode: y [n_tokens, d] = the FFN of x over the pack's kept neurons (semantics above), split into at
+// most n_tasks tasks of whole neuron groups on the caller's pool.
+template <typename ParallelFor>
+void gather_ffn_quant(const float* x, int64_t n_tokens, const DecodePack& pack, Activation act, Accuracy accuracy,
+                      float* y, int64_t n_tasks, const ParallelFor& parallel_for) {
+  const QuantKernels& kernels = quant_kernels();
+  const bool int8 = accuracy == Accuracy::Int8;
+  const int64_t tasks = std::max<int64_t>(1, std::min(n_tasks, pack.groups())), d = pack.d;
+  std::vector<float> partial(static_cast<size_t>(tasks * d));
+  PreparedX prepared;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const float* xt = x + t * d;
+    if (int8) prepare_x(xt, d, pack.bits, pack.block, accuracy, prepared);
+    std::fill(partial.begin(), partial.end(), 0.0f);
+    for_each_task(pack.groups(), tasks, parallel_for, [&](int64_t task, int64_t begin, int64_t end) {
+      float gate[kDownGroup], up[kDownGroup], z[kDownGroup];
+      GroupCoefs coefs;
+      float* acc = partial.data() + task * d;
+      for (int64_t J = begin; J < end; ++J) {
+        const int64_t tiles = kDownGroup / kTileRows;
+        if (int8) {
+          kernels.gate_up_tiles(pack, prepared, J * tiles, (J + 1) * tiles, gate, up);
+        } else {
+          gate_up_tiles_float(pack, xt, J * tiles, (J + 1) * tiles, gate, up);
+        }
+        for (int64_t j = 0; j < kDownGroup; ++j) {
+          z[j] = J * kDownGroup + j < pack.k ? activate(act, gate[j]) * up[j] : 0.0f;  // padding neurons: 0
+        }
+        if (int8) {
+          coefs.compute(pack, J, z);
+          kernels.down_group(pack, coefs, J, acc);
+        } else {
+          down_group_float(pack, z, J, acc);
+        }
+      }
+    });
+    reduce_partials(partial, tasks, d, y + t * d);
+  }
+}
+
+}  // namespace glass
