@@ -286,8 +286,11 @@ def main() -> None:
 
 
 def machine() -> str:
+    """CPU, cores and last-level cache: whether the int4 weights (~90 MB) fit in it decides how memory-bound decode is."""
     model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return f"{model}, {os.cpu_count()} cores"
+    caches = sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"))
+    cache = f", last-level cache {caches[-1].read_text().strip()}" if caches else ""
+    return f"{model}, {os.cpu_count()} cores{cache}"
 
 
 def plot(rows: list[dict], path: Path, result: dict) -> None:

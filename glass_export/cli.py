@@ -41,6 +41,9 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import tqdm  # plain tqdm bars too (transformers' GGUF reader): our own progress is on rich
+
+    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
 
 
 class RateColumn(ProgressColumn):

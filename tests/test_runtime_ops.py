@@ -4,6 +4,7 @@ Tolerance: fp32 implementations vs a float64 loop, |diff| <= 1e-4 + 1e-4 |ref| w
 """
 
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,15 @@ def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
     with pytest.raises(native.NativeLibraryMissing, match="libglass_ort_ops.so not found"):
         native.onnxruntime_ops_library()
 
+
+
+def test_executorch_kernels_load_in_a_fresh_process():
+    """The kernel library finds libexecutorch.so by itself (its rpath), not because an earlier import of
+    executorch's runtime loaded it into the process."""
+    script = ("import sys; from glass_ops import native; native.load_executorch_kernels(); "
+              "assert not any(name.startswith('executorch.extension') for name in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert result.returncode == 0, result.stderr
 
 @pytest.fixture(scope="module")
 def asan_build():
