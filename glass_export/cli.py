@@ -43,7 +43,9 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
     import tqdm  # plain tqdm bars too (transformers' GGUF reader): our own progress is on rich
 
-    tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
+    if not getattr(tqdm.tqdm, "_glass_quiet", False):  # once per process: main() may run many times
+        tqdm.tqdm.__init__ = functools.partialmethod(tqdm.tqdm.__init__, disable=True)
+        tqdm.tqdm._glass_quiet = True
 
 
 class RateColumn(ProgressColumn):

@@ -211,7 +211,6 @@ def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
         native.onnxruntime_ops_library()
 
 
-
 def test_executorch_kernels_load_in_a_fresh_process():
     """The kernel library finds libexecutorch.so by itself (its rpath), not because an earlier import of
     executorch's runtime loaded it into the process."""
@@ -219,6 +218,7 @@ def test_executorch_kernels_load_in_a_fresh_process():
               "assert not any(name.startswith('executorch.extension') for name in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr
+
 
 @pytest.fixture(scope="module")
 def asan_build():
