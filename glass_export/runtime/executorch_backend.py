@@ -44,7 +44,7 @@ class ExecuTorchBackend(Backend):
             except native.NativeLibraryMissing as exc:
                 raise GlassExportError(
                     f"this ExecuTorch artifact needs the glass kernels ({exc})",
-                    "build them with `bash runtime_ops/build.sh`, or set GLASS_OPS_LIB_DIR to their directory",
+                    f"{native.BUILD_HINT}, or set GLASS_OPS_LIB_DIR to their directory",
                 ) from exc
         import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding kernels)
 
