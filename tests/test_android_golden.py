@@ -1,15 +1,17 @@
-"""Golden data for the Android demo's JVM engine (android_demo/core), written by the Python side.
+"""Golden data for the Android demo (android_demo/core and android_demo/app), written by the Python side.
 
-Exports a tiny model to ONNX with int4 weights (the quantised path a phone runs) and records what
+Exports a tiny model to ONNX with int4 weights (the quantised path a phone runs), its dense twin
+(artifact-dense, the app's switch), and to ExecuTorch (fp32, executorch/), and records what
 `glass-export run` does on fixed prompts: token ids, kept indices, first logits, greedy tokens and
-text, and every manifest field as Python reads it. scripts/test.sh then runs the JVM tests
-(mvn -f android_demo/core/pom.xml test), which must reproduce them. Nothing here is committed: the
-directory is android_demo/build/golden (git-ignored).
+text, every manifest field as Python reads it, and the app's run (EOS stops it) on both ONNX
+artifacts. scripts/test.sh then runs the JVM tests (mvn -f android_demo/pom.xml test), which must
+reproduce them. Nothing here is committed: the directory is android_demo/build/golden (git-ignored).
 """
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("GLASS_GOLDEN_DIR", ROOT / "android_demo" / "build" / "golden"))
 PROMPTS = ["Write a short poem about the sea.", "Explain why the sky is blue, café ☕ included.", "Hi"]
 NEW_TOKENS = 16
+APP_TOKENS = 24  # the app's max_new_tokens in android_demo/app's tests (EOS stops it, as in the app)
+ET_EXPORT_BUDGET_S = 120  # the fp32 .pte export took 49 s on 2 busy cores; the suite must not creep past this
 
 
 def flat_fields(manifest) -> dict:
@@ -43,12 +47,8 @@ def flat_fields(manifest) -> dict:
     return out
 
 
-def test_write_golden_for_the_jvm_engine(example_dir, tmp_path):
-    artifact = tmp_path / "artifact"
-    export_artifact(example_dir / "model", None, SelectionConfig("griffin", 0.5), "onnx", artifact, max_seq_len=96,
-                    quant=QuantScheme("int4"))
-    backend = open_artifact(artifact)
-    tokenizer = artifact_tokenizer(artifact, backend.manifest)
+def golden_records(backend, tokenizer) -> list[dict]:
+    """Every prompt, NEW_TOKENS greedy steps without an EOS stop: what the JVM backends must reproduce."""
     records = []
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
@@ -63,11 +63,58 @@ def test_write_golden_for_the_jvm_engine(example_dir, tmp_path):
             "indices": result.indices.tolist(),
             "first_logits": result.step_logits[0].tolist(),
         })
+    return records
+
+
+def app_run(artifact: Path) -> dict:
+    """What the app shows for PROMPTS[0] with APP_TOKENS: greedy, stopped by EOS like `glass-export run`."""
+    backend = open_artifact(artifact)
+    tokenizer = artifact_tokenizer(artifact, backend.manifest)
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    result = generate(backend, ids, APP_TOKENS, eos_ids=set(backend.manifest.tokenizer.eos_token_ids))
+    backend.close()
+    return {"tokens": result.tokens, "text": tokenizer.decode(result.tokens, skip_special_tokens=True)}
+
+
+def test_write_golden_for_the_jvm_engine(example_dir, tmp_path):
+    artifact, dense = tmp_path / "artifact", tmp_path / "artifact-dense"
+    export_artifact(example_dir / "model", None, SelectionConfig("griffin", 0.5), "onnx", artifact, max_seq_len=96,
+                    quant=QuantScheme("int4"))
+    export_artifact(example_dir / "model", None, SelectionConfig("dense"), "onnx", dense, max_seq_len=96,
+                    quant=QuantScheme("int4"))
+    backend = open_artifact(artifact)
+    tokenizer = artifact_tokenizer(artifact, backend.manifest)
+    records = golden_records(backend, tokenizer)
     fields = flat_fields(load_manifest(artifact))
     assert fields["quantization.weights"] == "int4" and fields["selection.k"] == 128
     if GOLDEN.exists():
         shutil.rmtree(GOLDEN)
     GOLDEN.mkdir(parents=True)
     shutil.copytree(artifact, GOLDEN / "artifact")
+    shutil.copytree(dense, GOLDEN / "artifact-dense")
+    app = {"prompt": PROMPTS[0], "max_new_tokens": APP_TOKENS, "sparse": app_run(artifact), "dense": app_run(dense)}
+    assert load_manifest(dense).selection.sparse_decode is False
     (GOLDEN / "golden.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
-                                                    "manifest_fields": fields}, indent=1))
+                                                    "manifest_fields": fields, "app": app}, indent=1))
+
+
+def test_write_executorch_golden(example_dir, tmp_path):
+    """The same records for a .pte (fp32: the quantised export costs twice the time), for the JNI backend."""
+    artifact = tmp_path / "executorch"
+    start = time.perf_counter()
+    export_artifact(example_dir / "model", None, SelectionConfig("griffin", 0.5), "executorch", artifact,
+                    max_seq_len=96)
+    seconds = time.perf_counter() - start
+    assert seconds < ET_EXPORT_BUDGET_S, f"the golden .pte export took {seconds:.0f} s"
+    backend = open_artifact(artifact)
+    records = golden_records(backend, artifact_tokenizer(artifact, backend.manifest))
+    custom_ops = load_manifest(artifact).runtime["custom_ops"]
+    backend.close()
+    assert "glass::gather_ffn.out" in custom_ops
+    out = GOLDEN / "executorch"
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(artifact, out)
+    (GOLDEN / "executorch.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
+                                                        "custom_ops": custom_ops, "export_seconds": seconds}, indent=1))

@@ -18,4 +18,5 @@ dependencies {
 tasks.test {
     useJUnitPlatform()
     systemProperty("glass.golden", file("../build/golden").absolutePath)
+    systemProperty("glass.etHost", file("../jni/build/host.properties").absolutePath)
 }

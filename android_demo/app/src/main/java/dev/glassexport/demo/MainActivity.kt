@@ -2,85 +2,77 @@ package dev.glassexport.demo
 
 import android.app.Activity
 import android.os.Bundle
+import android.view.View
 import android.widget.Button
 import android.widget.EditText
 import android.widget.LinearLayout
 import android.widget.ScrollView
 import android.widget.Switch
 import android.widget.TextView
-import dev.glassexport.core.Backend
-import dev.glassexport.core.BpeTokenizer
-import dev.glassexport.core.GlassException
-import dev.glassexport.core.Generator
-import dev.glassexport.core.Manifest
-import dev.glassexport.core.OrtBackend
-import dev.glassexport.core.Sampler
 import java.io.File
-import kotlin.concurrent.thread
 
 /**
  * One screen: the artifact directory (pushed with adb), a prompt, streamed output with live
- * tokens/s, and a switch between the GLASS artifact and its dense twin (`<dir>-dense`).
+ * tokens/s, and a switch between the GLASS artifact and its dense twin (`<dir>-dense`). The work
+ * is in [DemoController]; leaving the screen (or rotating it) stops the generation and closes the session.
  */
-class MainActivity : Activity() {
-    private lateinit var directory: EditText
-    private lateinit var prompt: EditText
-    private lateinit var dense: Switch
-    private lateinit var info: TextView
-    private lateinit var output: TextView
+class MainActivity : Activity(), DemoController.Screen {
+    lateinit var directory: EditText; private set
+    lateinit var prompt: EditText; private set
+    lateinit var dense: Switch; private set
+    lateinit var generate: Button; private set
+    lateinit var stop: Button; private set
+    lateinit var info: TextView; private set
+    lateinit var stats: TextView; private set
+    lateinit var message: TextView; private set
+    lateinit var output: TextView; private set
+    lateinit var controller: DemoController; private set
 
     override fun onCreate(savedInstanceState: Bundle?) {
         super.onCreate(savedInstanceState)
-        directory = EditText(this).apply { setText(DEFAULT_DIR) }
+        directory = EditText(this).apply { setText(intent.getStringExtra(EXTRA_DIR) ?: DEFAULT_DIR) }
         prompt = EditText(this).apply { setText("Write a short poem about the sea.") }
         dense = Switch(this).apply { text = "dense twin (compare speed)" }
+        generate = Button(this).apply { text = "Generate"; setOnClickListener { onGenerate() } }
+        stop = Button(this).apply { text = "Stop"; isEnabled = false; setOnClickListener { controller.stop() } }
         info = TextView(this)
+        stats = TextView(this)
+        message = TextView(this).apply { visibility = View.GONE }
         output = TextView(this)
-        val run = Button(this).apply { text = "Generate"; setOnClickListener { generate() } }
         val column = LinearLayout(this).apply {
             orientation = LinearLayout.VERTICAL
-            listOf(directory, prompt, dense, run, info, output).forEach { addView(it) }
+            listOf(directory, prompt, dense, generate, stop, message, info, stats, output).forEach { addView(it) }
         }
         setContentView(ScrollView(this).apply { addView(column) })
+        val libs = applicationInfo.nativeLibraryDir?.let { File(it).toPath() }
+        controller = DemoController(libs, { block -> runOnUiThread { if (!isDestroyed) block() } }, this)
     }
 
-    private fun generate() {
-        val dir = File(directory.text.toString() + if (dense.isChecked) "-dense" else "").toPath()
-        val text = prompt.text.toString()
-        output.text = ""
-        thread {
-            try {
-                val manifest = Manifest.load(dir)
-                val backend: Backend = when (manifest.target) {
-                    "onnx" -> OrtBackend(manifest, File(applicationInfo.nativeLibraryDir).toPath(), 0)
-                    else -> ExecuTorchBackend(manifest)
-                }
-                backend.use {
-                    val generator = Generator(it, manifest, BpeTokenizer(dir.resolve("tokenizer.json")))
-                    val started = System.nanoTime()
-                    var count = 0
-                    runOnUiThread {
-                        info.text = "${manifest.target}: ${manifest.method} density=${manifest.density} " +
-                            "lambda=${manifest.lambda ?: "-"} k=${manifest.k}/${manifest.m}"
-                    }
-                    val result = generator.generate(text, 128, Sampler.greedy()) { _, soFar ->
-                        count++
-                        val rate = count / ((System.nanoTime() - started) / 1e9)
-                        runOnUiThread { output.text = soFar; title = "%.1f tokens/s".format(rate) }
-                    }
-                    runOnUiThread {
-                        title = "prefill %.0f ms, decode %.1f tokens/s".format(result.prefillMs, result.decodeTokensPerSecond())
-                    }
-                }
-            } catch (e: GlassException) {
-                runOnUiThread { output.text = e.message }
-            } catch (e: RuntimeException) {
-                runOnUiThread { output.text = "error: ${e.message}" }
-            }
-        }
+    private fun onGenerate() {
+        val maxNewTokens = intent.getIntExtra(EXTRA_MAX_NEW_TOKENS, 128)
+        controller.generate(directory.text.toString(), prompt.text.toString(), dense.isChecked, maxNewTokens)
+    }
+
+    override fun onDestroy() {
+        controller.close()
+        super.onDestroy()
+    }
+
+    override fun showInfo(text: String) { info.text = text }
+    override fun showOutput(text: String) { output.text = text }
+    override fun showStats(text: String) { stats.text = text }
+    override fun showMessage(text: String) {
+        message.text = text
+        message.visibility = if (text.isEmpty()) View.GONE else View.VISIBLE
+    }
+    override fun setRunning(running: Boolean) {
+        generate.isEnabled = !running
+        stop.isEnabled = running
     }
 
     companion object {
         const val DEFAULT_DIR = "/data/local/tmp/glass/artifact"
+        const val EXTRA_DIR = "dev.glassexport.demo.DIR"
+        const val EXTRA_MAX_NEW_TOKENS = "dev.glassexport.demo.MAX_NEW_TOKENS"
     }
 }

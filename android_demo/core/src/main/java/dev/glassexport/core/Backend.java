@@ -18,6 +18,12 @@ public interface Backend extends AutoCloseable {
   /** Logits for the next token after `token` at `position` (= tokens already in the cache). */
   float[] decode(long token, long position, long[][] indices);
 
+  /** The runtime, as shown in the app (e.g. "onnxruntime 1.29.0"). */
+  String runtime();
+
+  /** How the glass FFN op runs: the native kernel or the fallback (shown in the app). */
+  String opImplementation();
+
   @Override
   void close();
 }

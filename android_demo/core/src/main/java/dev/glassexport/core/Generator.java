@@ -2,8 +2,9 @@ package dev.glassexport.core;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.function.BooleanSupplier;
 
-/** The generation loop: prefill, take the kept indices, decode until EOS or the limit. */
+/** The generation loop: prefill, take the kept indices, decode until EOS, the limit or a stop request. */
 public final class Generator {
   /** Called with every new token and the text so far. */
   public interface Listener {
@@ -17,6 +18,8 @@ public final class Generator {
     public double prefillMs;
     public double decodeSeconds;
     public String text = "";
+    /** True when the stop request ended the loop before EOS or the limit. */
+    public boolean stopped;
 
     /** Decoded tokens per second (the first token comes from prefill). */
     public double decodeTokensPerSecond() {
@@ -40,6 +43,11 @@ public final class Generator {
   }
 
   public Result generate(String prompt, int maxNewTokens, Sampler sampler, Listener listener) {
+    return generate(prompt, maxNewTokens, sampler, listener, () -> false);
+  }
+
+  /** As above; `stopRequested` is polled before every decode step (the app's Stop button, leaving the screen). */
+  public Result generate(String prompt, int maxNewTokens, Sampler sampler, Listener listener, BooleanSupplier stopRequested) {
     if (prompt == null || prompt.isBlank()) throw new GlassException("the prompt is empty", "type a prompt");
     long[] ids = encode(prompt);
     if (ids.length > manifest.maxSeqLen) {
@@ -62,6 +70,10 @@ public final class Generator {
       result.text = tokenizer.decode(result.tokens.stream().mapToLong(Long::longValue).toArray());
       if (listener != null) listener.onToken(token, result.text);
       if (manifest.eosTokenIds.contains(token) || step == maxNewTokens - 1 || position >= manifest.maxSeqLen) break;
+      if (stopRequested.getAsBoolean()) {
+        result.stopped = true;
+        break;
+      }
       logits = backend.decode(token, position, prefill.indices);
       position++;
     }

@@ -60,6 +60,8 @@ public final class Manifest {
   public final Map<String, String> files;
   public final Map<String, Long> fileBytes;
   public final String nativeLibrary;
+  /** runtime.custom_ops: the kernels outside the portable set the program calls (ExecuTorch; empty for ONNX). */
+  public final List<String> customOps;
 
   private Manifest(Path directory, JsonObject json) {
     this.directory = directory;
@@ -107,6 +109,8 @@ public final class Manifest {
     }
     JsonObject runtime = json.getAsJsonObject("runtime");
     this.nativeLibrary = runtime.has("native_library") ? runtime.get("native_library").getAsString() : null;
+    this.customOps = runtime.has("custom_ops") && runtime.get("custom_ops").isJsonArray()
+        ? strings(runtime.getAsJsonArray("custom_ops")) : List.of();
   }
 
   private static List<String> strings(JsonArray array) {

@@ -62,8 +62,14 @@ public final class OrtBackend implements Backend {
     }
   }
 
+  @Override
   public String opImplementation() {
     return opImplementation;
+  }
+
+  @Override
+  public String runtime() {
+    return "onnxruntime " + env.getVersion();
   }
 
   @Override
