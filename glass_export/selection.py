@@ -108,11 +108,13 @@ def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
     """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m], in float64; a zero row contributes zero.
 
     float64 (every runtime computes it so) leaves the activations z as the only source of rounding
-    differences between eager PyTorch and an exported graph; the scores are rounded to float32 once."""
+    differences between eager PyTorch and an exported graph; the scores are rounded to float32 once.
+    Squares are products, not powers: ExecuTorch's portable float64 pow calls libm per element, which
+    made it most of a quantised prefill."""
     z = z.double()
-    norms = torch.linalg.vector_norm(z, dim=-1, keepdim=True)
+    norms = (z * z).sum(dim=-1, keepdim=True).sqrt()  # ONNX ReduceL2's definition
     normed = z / torch.where(norms > 0, norms, torch.ones_like(norms))
-    return normed.square().sum(dim=0)
+    return (normed * normed).sum(dim=0)
 
 
 def local_scores(z: torch.Tensor) -> torch.Tensor:

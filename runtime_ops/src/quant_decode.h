@@ -43,7 +43,6 @@
 
 namespace glass {
 
-constexpr int64_t kTileRows = 16;   // lanes of a tile: gate/up rows, or down outputs per half-window
 constexpr int64_t kDownGroup = 32;  // kept neurons per int8 group of down coefficients
 // The kernels stream the pack in order; a software prefetch this far ahead of each tile keeps the
 // stream from L3 / DRAM flowing (measured 18 % faster per decode FFN once the packs of all layers
@@ -56,27 +55,13 @@ __attribute__((always_inline)) inline void prefetch_ahead(const uint8_t* p, int6
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + kPrefetchDistance + i, 0, 3);
 }
 
-class DecodePack {
+class DecodePack : public GateUpTiles {
  public:
   DecodePack(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k)
-      : k(k), k_pad((k + kDownGroup - 1) / kDownGroup * kDownGroup), d(gate_up.cols), block(gate_up.block),
-        bits(gate_up.bits), source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k),
+      : source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k),
         samples_(sample(gate_up, down, idx, k)) {
-    const int64_t R = row_sub_bytes(), n_sub = d / kSubBlock, nb = blocks();
-    gate_up_.assign(static_cast<size_t>(tiles() * 2 * n_sub * kTileRows * R), 0);
-    gate_up_scales_.assign(static_cast<size_t>(tiles() * 2 * nb * kTileRows), 0.0f);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t t = j / kTileRows, r = j % kTileRows;
-      for (int half = 0; half < 2; ++half) {
-        const uint8_t* row = gate_up.row(2 * idx[j] + half);
-        for (int64_t s = 0; s < n_sub; ++s) {
-          uint8_t* tile = gate_up_.data() + gate_up_offset(t, half, s);
-          for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
-        }
-        const float* scales = gate_up.row_scales(2 * idx[j] + half);
-        for (int64_t g = 0; g < nb; ++g) gate_up_scales_[((t * 2 + half) * nb + g) * kTileRows + r] = scales[g];
-      }
-    }
+    assign(gate_up, idx, k, (k + kDownGroup - 1) / kDownGroup * kDownGroup);
+    const int64_t R = row_sub_bytes(), nb = blocks();
     const int64_t H = R / 16;
     down_.assign(static_cast<size_t>(groups() * windows() * kDownGroup * R), 0);
     down_scales_.assign(static_cast<size_t>(groups() * nb * kDownGroup), 0.0f);
@@ -101,33 +86,15 @@ class DecodePack {
            std::equal(indices_.begin(), indices_.end(), idx) && sample(gate_up, down, idx, count) == samples_;
   }
 
-  const int64_t k, k_pad, d, block;
-  const int bits;
-
-  int64_t row_sub_bytes() const { return kSubBlock * bits / 8; }
-  int64_t blocks() const { return d / block; }
-  int64_t tiles() const { return k_pad / kTileRows; }
   int64_t groups() const { return k_pad / kDownGroup; }
   int64_t windows() const { return d / kSubBlock; }
-  int64_t subs_per_block() const { return block / kSubBlock; }
 
-  // 16 R bytes: sub-block s of tile t's gate (half 0) or up (half 1) rows.
-  const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const { return gate_up_.data() + gate_up_offset(t, half, s); }
-  // 16 floats: the scales of block g of those rows.
-  const float* gate_up_scales(int64_t t, int half, int64_t g) const {
-    return gate_up_scales_.data() + ((t * 2 + half) * blocks() + g) * kTileRows;
-  }
   // 32 R bytes: window w of neuron group J's down rows.
   const uint8_t* down_tile(int64_t w, int64_t J) const { return down_.data() + down_offset(w, J); }
   // 32 floats: the down scales s_{j,g} of group J's neurons.
   const float* down_scales(int64_t J, int64_t g) const { return down_scales_.data() + (J * blocks() + g) * kDownGroup; }
 
-  // The code of element i of row r of tile t, half; and of output i of neuron j of group J (portable paths).
-  int gate_up_code(int64_t t, int half, int64_t r, int64_t i) const {
-    const int64_t within = i % kSubBlock, byte = bits == 4 ? within / 2 : within;
-    const uint8_t value = gate_up_tile(t, half, i / kSubBlock)[64 * (byte / 4) + 4 * r + byte % 4];
-    return bits == 8 ? value : (within & 1) ? value >> 4 : value & 0x0F;
-  }
+  // The code of output i of neuron j of group J (portable paths).
   int down_code(int64_t J, int64_t j, int64_t i) const {
     const int64_t within = i % kSubBlock, H = row_sub_bytes() / 16;
     const int64_t h = bits == 4 ? 0 : within / 16, l = bits == 4 ? within / 2 : within % 16;
@@ -136,9 +103,6 @@ class DecodePack {
   }
 
  private:
-  int64_t gate_up_offset(int64_t t, int half, int64_t s) const {
-    return ((t * 2 + half) * (d / kSubBlock) + s) * kTileRows * row_sub_bytes();
-  }
   int64_t down_offset(int64_t w, int64_t J) const { return (J * windows() + w) * kDownGroup * row_sub_bytes(); }
 
   // The codes and scales of up to 4 kept neurons spread over idx.
@@ -162,8 +126,8 @@ class DecodePack {
   const uint8_t* source_down_;
   std::vector<int64_t> indices_;
   std::vector<uint8_t> samples_;
-  std::vector<uint8_t> gate_up_, down_;
-  std::vector<float> gate_up_scales_, down_scales_;
+  std::vector<uint8_t> down_;
+  std::vector<float> down_scales_;
 };
 
 // The DecodePack of each FFN's current kept set, for runtimes whose kernels keep no state of their own
@@ -215,7 +179,7 @@ struct GroupCoefs {
 // --- portable versions: the scalar variant (the reference) and the Float32-accuracy path --------
 
 // gate[16 (t - t0) + r], up[...]: rows r of tiles [t0, t1).
-inline void gate_up_tiles_scalar(const DecodePack& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate,
+inline void gate_up_tiles_scalar(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate,
                                  float* up) {
   const int z = zero_point(pack.bits);
   const int64_t spb = pack.subs_per_block();
@@ -248,7 +212,7 @@ inline void down_group_scalar(const DecodePack& pack, const GroupCoefs& coefs, i
   }
 }
 
-inline void gate_up_tiles_float(const DecodePack& pack, const float* x, int64_t t0, int64_t t1, float* gate, float* up) {
+inline void gate_up_tiles_float(const GateUpTiles& pack, const float* x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int z = zero_point(pack.bits);
   for (int64_t t = t0; t < t1; ++t) {
     for (int half = 0; half < 2; ++half) {
@@ -279,7 +243,8 @@ inline void down_group_float(const DecodePack& pack, const float* z_group, int64
 }
 
 inline const QuantKernels& scalar_kernels() {
-  static const QuantKernels table{"scalar", dot_scalar, axpy2_scalar, gate_up_tiles_scalar, down_group_scalar};
+  static const QuantKernels table{"scalar", gate_up_tiles_scalar, down_group_scalar,
+                                  madd_rows_scalar};
   return table;
 }
 

@@ -42,7 +42,7 @@ Case random_case(std::mt19937_64& rng, int c) {
   k.block = blocks[rng() % (c % 3 == 0 ? 4 : 2)];
   k.d = k.block * (1 + rng() % (k.block >= 128 ? 3 : 7));  // odd and even sub-block counts
   k.m = 1 + rng() % 40;
-  k.tokens = 1 + rng() % 5;
+  k.tokens = 1 + rng() % 11;  // 4+ tokens: the prefill micro-kernel, its token tiles and tails
   k.bits = (c & 1) ? 8 : 4;
   k.accuracy = (c % 5 == 4) ? glass::Accuracy::Float32 : glass::Accuracy::Int8;
   k.act = static_cast<glass::Activation>((c >> 1) & 1);
