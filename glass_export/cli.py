@@ -24,7 +24,9 @@ from . import __version__
 from .errors import GlassExportError
 from .models.adapter import SUPPORTED_MODEL_TYPES
 from .quantization import ACCURACY_LEVELS, GROUP_SIZES, WEIGHT_SCHEMES
-from .selection import DEFAULT_LAMBDA, METHODS
+from .generation import DEFAULT_MIN_NEW_TOKENS
+from .prompts import SPLIT_CHOICES
+from .selection import DEFAULT_LAMBDA, METHODS, TUNE_LAMBDAS
 
 err_console = Console(stderr=True, soft_wrap=True)  # long paths stay on one line
 VERBOSE = {"on": False}
@@ -112,7 +114,8 @@ def main(verbose: bool):
     Typical flow:
       glass-export example   --out example                      # tiny offline model
       glass-export calibrate --model example/model --self-generate 4096 --out priors.safetensors
-      glass-export export    --model example/model --priors priors.safetensors --method i-glass \\
+      glass-export tune      --model example/model --priors priors.safetensors --out tuned.safetensors
+      glass-export export    --model example/model --priors tuned.safetensors --method i-glass \\
                              --quant int4 --target onnx --out artifact
       glass-export run       --artifact artifact --prompt "Hi"
       glass-export verify    --artifact artifact --model example/model
@@ -210,6 +213,9 @@ def inspect(file: Path, as_json: bool):
     console.print(f"  tokens: {meta['tokens']:,}")
     for key, value in meta["corpus"].items():
         console.print(f"  corpus.{key}: {value}")
+    for entry in meta.get("tuning", {}).get("chosen", []):
+        console.print(f"  tuned: {entry['method']} density {entry['density']:g} lambda {entry['lambda']:g} (KL "
+                      f"{entry['tune_kl']:.4g} tune split, {entry['report_kl']:.4g} held-out report split)")
     table = Table("layer", "mean |z|", "mean impact", "impact share of top 10%")
     for row in summary["layers"]:
         table.add_row(str(row["layer"]), f"{row['activation_mean']:.4g}", f"{row['impact_mean']:.4g}",
@@ -226,12 +232,23 @@ def selection_options(func):
                      help=f"Selection method ({methods})."),
         click.option("--density", default=0.5, show_default=True, type=DENSITY, help="Fraction of FFN neurons kept (rho)."),
         click.option("--lambda", "lam", default=None, type=LAMBDA,
-                     help=f"Weight of the prompt's ranking for a-glass / i-glass [default: {DEFAULT_LAMBDA}]."),
+                     help="Weight of the prompt's ranking for a-glass / i-glass [default: the lambda `glass-export "
+                          f"tune` stored in --priors, else {DEFAULT_LAMBDA}]."),
         click.option("--seed", default=0, show_default=True, help="Seed of the `random` method."),
     ]
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def chosen_lambda(method: str, density: float, lam, priors, priors_path):
+    """The lambda generate / export use (tuning.lambda_for), said on stderr with where it came from."""
+    from .tuning import lambda_for
+
+    lam, source = lambda_for(method, density, lam, priors, priors_path)
+    if source is not None:
+        err_console.print(f"[dim]lambda {lam:g}: {source}[/]")
+    return lam
 
 
 def quant_options(func):
@@ -274,13 +291,14 @@ def generate(model_dir, priors, method, density, lam, seed, weights, group_size,
     from .prompts import encode_prompt
     from .selection import SelectionConfig
 
-    config = SelectionConfig(method, density, lam, seed)
+    loaded = load_priors(priors) if priors is not None else None
+    config = SelectionConfig(method, density, chosen_lambda(method, density, lam, loaded, priors), seed)
     quant = quant_scheme(weights, group_size, accuracy_level)
     if not prompt.strip():
         raise GlassExportError("the prompt is empty", "pass some text with --prompt")
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=dtype)
-    glass = GlassModel(model, config, load_priors(priors) if priors is not None else None, quant)
+    glass = GlassModel(model, config, loaded, quant)
     prompt_ids = encode_prompt(tokenizer, prompt, chat)
     limit = glass.max_seq_len - len(prompt_ids) + 1
     if limit < 1:
@@ -353,7 +371,13 @@ def export(model_dir, priors, method, density, lam, seed, weights, group_size, a
     from .export import check_request, export_artifact, export_steps
     from .selection import SelectionConfig
 
-    config = SelectionConfig("dense") if dense else SelectionConfig(method, density, lam, seed)
+    if dense:
+        config = SelectionConfig("dense")
+    else:
+        from .priors import load_priors
+
+        loaded = load_priors(priors) if priors is not None and METHODS[method].takes_lambda else None
+        config = SelectionConfig(method, density, chosen_lambda(method, density, lam, loaded, priors), seed)
     quant = quant_scheme(weights, group_size, accuracy_level)
     check_request(target, quant, max_seq_len)
     with StepProgress(export_steps(target)) as progress:
@@ -513,35 +537,127 @@ def comma_list(kind):
     return parse
 
 
+def lambda_list(_ctx, param, value):
+    """--lambdas: comma-separated numbers, or `tuned`."""
+    from .evaluation import TUNED
+
+    if value is not None and value.strip() == TUNED:
+        return TUNED
+    return comma_list(float)(_ctx, param, value)
+
+
+SPLIT_HELP = "tune / report: the prompts marked with that JSONL `split` field; all: every prompt"
+
+
+def protocol_options(func):
+    """--max-new-tokens / --min-new-tokens / --ignore-eos / --chat: how eval and tune generate each prompt."""
+    options = [
+        click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=2),
+                     help="Most tokens generated per prompt."),
+        click.option("--min-new-tokens", default=DEFAULT_MIN_NEW_TOKENS, show_default=True,
+                     type=click.IntRange(min=2),
+                     help="Generation stops at EOS / end of turn, but not before this many tokens (EOS is not chosen "
+                          "before; capped at --max-new-tokens)."),
+        click.option("--ignore-eos", is_flag=True,
+                     help="Generate exactly --max-new-tokens per prompt, through EOS (the older fixed-length protocol)."),
+        CHAT_OPTION,
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @main.command("eval")
 @click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
 @click.option("--priors", type=click.Path(path_type=Path), default=None, help="Priors from `glass-export calibrate`.")
 @click.option("--prompts", type=click.Path(path_type=Path), default=None,
-              help="Prompts file (one a line, or JSONL with 'prompt') [default: built-in short instructions].")
+              help="Prompts file (one a line, or JSONL with 'prompt' and optionally 'split') [default: the 64 shipped "
+                   "instructions, split 32 tune / 32 report].")
+@click.option("--split", type=click.Choice(SPLIT_CHOICES), default=None,
+              help=f"Which prompts to use ({SPLIT_HELP}) [default: report for the shipped set, all for --prompts].")
 @click.option("--methods", default=",".join(METHODS), show_default=True, callback=comma_list(str))
 @click.option("--densities", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float))
-@click.option("--lambdas", default="0.25,0.5,0.75", show_default=True, callback=comma_list(float),
-              help="lambda values swept for a-glass / i-glass.")
+@click.option("--lambdas", default="0.25,0.5,0.75", show_default=True, callback=lambda_list,
+              help="lambda values swept for a-glass / i-glass, or `tuned`: each method's lambda from --priors' "
+                   "`glass-export tune` record.")
 @quant_options
-@click.option("--max-new-tokens", default=128, show_default=True, type=click.IntRange(min=2))
-@CHAT_OPTION
+@protocol_options
 @click.option("--artifact", type=click.Path(path_type=Path), default=None,
               help="Evaluate this exported artifact's own method (and weights) instead of the eager sweep.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Directory for results.json, results.md, plots.")
 @FORCE_OPTION
 @friendly_errors
-def evaluate_cmd(model_dir, priors, prompts, methods, densities, lambdas, weights, group_size, accuracy_level,
-                 max_new_tokens, chat, artifact, out, force):
-    """Perplexity and KL of sparse generation against the fp32 dense model, per method x density (x lambda)."""
+def evaluate_cmd(model_dir, priors, prompts, split, methods, densities, lambdas, weights, group_size, accuracy_level,
+                 max_new_tokens, min_new_tokens, ignore_eos, chat, artifact, out, force):
+    """Perplexity and KL of sparse generation against the fp32 dense model, per method x density (x lambda).
+
+    \b
+    Each prompt is generated greedily until EOS / end of turn (at least --min-new-tokens, at most
+    --max-new-tokens); every position up to and including the EOS is scored. The table gives each run's
+    scored tokens, the prompts that ended at EOS, and 95% bootstrap intervals over prompts; results.json
+    holds per-prompt metrics and paired intervals of the KL difference between every two runs.
+    """
     from .evaluation import run_evaluation
 
     with progress_bar("runs") as bar:
         task = bar.add_task("evaluating", total=None)
         _, table = run_evaluation(model_dir, out, priors, prompts, methods, densities, lambdas, max_new_tokens, chat,
                                   artifact, quant_scheme(weights, group_size, accuracy_level), force,
-                                  progress=lambda: bar.advance(task))
+                                  progress=lambda: bar.advance(task), split=split, min_new_tokens=min_new_tokens,
+                                  stop_at_eos=not ignore_eos)
     click.echo(table)
     err_console.print(f"[green]wrote[/] {out}/results.json, results.md and plots")
+
+
+@main.command()
+@click.option("--model", "model_dir", required=True, type=MODEL_DIR, help="Local Hugging Face model directory.")
+@click.option("--priors", required=True, type=click.Path(path_type=Path), help="Priors from `glass-export calibrate`.")
+@click.option("--prompts", type=click.Path(path_type=Path), default=None,
+              help="JSONL prompts, each with 'prompt' and 'split' ('tune' or 'report') [default: the 64 shipped "
+                   "instructions, split 32 / 32].")
+@click.option("--methods", default="i-glass", show_default=True, callback=comma_list(str),
+              help="Methods to tune: a-glass and / or i-glass.")
+@click.option("--densities", default="0.5", show_default=True, callback=comma_list(float),
+              help="Densities to tune lambda at (several: with --kl-budget, the lowest that fits is recommended).")
+@click.option("--lambdas", default=",".join(f"{lam:g}" for lam in TUNE_LAMBDAS), show_default=True,
+              callback=comma_list(float),
+              help="lambda values swept on the tune split.")
+@click.option("--kl-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Recommend, per method, the lowest of --densities whose tuned KL on the tune split is at most this.")
+@click.option("--hindsight", is_flag=True,
+              help="Also run every swept lambda on the report split, to show the gap to the best lambda in hindsight.")
+@protocol_options
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Also write results.json (per-prompt runs of both splits) and results.md to this directory.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Tuned priors file to write (.safetensors): --priors' tensors plus the tuning record.")
+@FORCE_OPTION
+@friendly_errors
+def tune(model_dir, priors, prompts, methods, densities, lambdas, kl_budget, hindsight, max_new_tokens,
+         min_new_tokens, ignore_eos, chat, report_dir, out, force):
+    """Choose lambda (and with --kl-budget a density) on the tune split; check it on the held-out report split.
+
+    \b
+    Runs eval's protocol for every method x density x lambda on the tune prompts and keeps, per
+    method and density, the lambda with the lowest KL(dense || sparse). The choice is then
+    evaluated on the report prompts, which played no part in it, against griffin and the static
+    mask of the same prior (paired bootstrap intervals). The tuned priors carry the choice:
+      glass-export export --priors TUNED --method i-glass ...    # uses the tuned lambda
+      glass-export export --priors TUNED --method i-glass --lambda 0.5 ...   # overrides it
+    """
+    from .tuning import run_tuning
+
+    with progress_bar("runs") as bar:
+        task = bar.add_task("tuning", total=None)
+        result = run_tuning(model_dir, priors, out, methods, densities, lambdas, kl_budget, prompts, chat,
+                            max_new_tokens, min_new_tokens, not ignore_eos, hindsight, report_dir, force,
+                            progress=lambda: bar.advance(task), on_runs=lambda n: bar.update(task, total=n))
+    click.echo(result.table)
+    for e in result.record["chosen"]:
+        err_console.print(f"[green]chose lambda {e['lambda']:g}[/] for {e['method']} at density {e['density']:g}: "
+                          f"KL {e['tune_kl']:.4g} on the tune split, {e['report_kl']:.4g} on the held-out report split")
+    err_console.print(f"[green]wrote[/] {out}" + (f" and {report_dir}/results.json, results.md" if report_dir else "")
+                      + f"; `export` and `generate` with --priors {out} use the tuned lambda unless --lambda is given")
 
 
 class TextStreamer:

@@ -17,6 +17,8 @@ import numpy as np
 
 from .errors import GlassExportError
 
+DEFAULT_MIN_NEW_TOKENS = 16  # eval / tune: generation may stop at EOS only after this many tokens
+
 
 @dataclass
 class PrefillResult:
@@ -102,11 +104,12 @@ class Generation:
 
 def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, eos_ids: set[int] | None = None,
              on_token: Callable[[int], None] | None = None, keep_logits: bool = False,
-             indices: np.ndarray | None = None) -> Generation:
+             indices: np.ndarray | None = None, min_new_tokens: int = 0) -> Generation:
     """Greedy: the first token from the dense prefill, the rest from sparse decode steps.
 
     indices: decode with these kept neurons instead of the backend's own (verify feeds an
-    artifact's set to the eager reference)."""
+    artifact's set to the eager reference). min_new_tokens: the first that many tokens are never
+    one of eos_ids (the next best token is taken; step_logits keep the unmasked logits)."""
     eos_ids = eos_ids or set()
     result = Generation()
     start = time.perf_counter()
@@ -119,6 +122,10 @@ def generate(backend: Backend, prompt_ids: list[int], max_new_tokens: int, eos_i
     start = time.perf_counter()
     for step in range(max_new_tokens):
         token = int(np.argmax(logits))
+        if token in eos_ids and step < min_new_tokens:
+            masked = np.array(logits, dtype=np.float32)
+            masked[list(eos_ids)] = -np.inf
+            token = int(np.argmax(masked))
         result.tokens.append(token)
         if keep_logits:
             result.step_logits.append(logits)

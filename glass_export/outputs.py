@@ -70,9 +70,11 @@ def _process_alive(pid: int) -> bool:
 
 
 class OutputPlan:
-    def __init__(self, path: Path, kind: str, force: bool = False, inputs: list[Path] = ()):
+    def __init__(self, path: Path, kind: str, force: bool = False, inputs: list[Path] = (), option: str = "--out"):
+        """option: the command-line option that names path, for the messages."""
         if kind not in KINDS:
             raise ValueError(kind)
+        self.option = option
         self.path = Path(path)
         self.kind = kind
         self.force = force
@@ -84,17 +86,17 @@ class OutputPlan:
 
     def _check(self, inputs: list[Path]) -> None:
         target = self.path.resolve()
-        fix_path = "choose a new path for --out"
+        fix_path = f"choose a new path for {self.option}"
         protected = {"the current directory": Path.cwd().resolve(), "your home directory": Path.home().resolve()}
         for what, place in protected.items():
             if _contains(target, place):
-                raise GlassExportError(f"--out {self.path} is {what} or contains it; writing there would replace it",
-                                       fix_path)
+                raise GlassExportError(f"{self.option} {self.path} is {what} or contains it; writing there would "
+                                       "replace it", fix_path)
         for source in inputs:
             source = Path(source).resolve()
             if _contains(target, source) or _contains(source, target):
-                raise GlassExportError(f"--out {self.path} overlaps the input {source}; writing there would destroy it",
-                                       fix_path)
+                raise GlassExportError(f"{self.option} {self.path} overlaps the input {source}; writing there would "
+                                       "destroy it", fix_path)
         if self.path.exists() or self.path.is_symlink():
             self._check_existing()
         parent = target.parent
@@ -106,12 +108,13 @@ class OutputPlan:
     def _check_existing(self) -> None:
         path = self.path
         if path.is_symlink():
-            raise GlassExportError(f"--out {path} is a symbolic link", "pass the real path, or a new one")
+            raise GlassExportError(f"{self.option} {path} is a symbolic link", "pass the real path, or a new one")
         if self.is_file:
             if path.is_dir():
-                raise GlassExportError(f"--out {path} is a directory", "pass a file path for the priors")
+                raise GlassExportError(f"{self.option} {path} is a directory", "pass a file path for the priors")
         elif not path.is_dir():
-            raise GlassExportError(f"--out {path} is a file, not a directory", "choose a new path for --out")
+            raise GlassExportError(f"{self.option} {path} is a file, not a directory",
+                                   f"choose a new path for {self.option}")
         elif not any(path.iterdir()):
             return  # an empty directory: nothing to lose
         existing = output_kind(path)
@@ -122,7 +125,7 @@ class OutputPlan:
         if existing != self.kind:
             what = f"a glass-export {existing}" if existing else "not something glass-export wrote"
             raise GlassExportError(f"--force will not replace {path}: it is {what}, not a glass-export {self.kind}",
-                                   "choose a new path for --out, or remove it yourself if you mean to")
+                                   f"choose a new path for {self.option}, or remove it yourself if you mean to")
 
     def _temp_entries(self):
         parent = self.path.parent
@@ -181,7 +184,8 @@ class OutputPlan:
 
     def _raced(self) -> GlassExportError:
         return GlassExportError(f"{self.path} was written by another process while this one ran; "
-                                "nothing of this run was written", "run again with another --out, or with --force")
+                                "nothing of this run was written",
+                                f"run again with another {self.option}, or with --force")
 
     def _publish(self, tmp: Path) -> None:
         old = None

@@ -1,7 +1,9 @@
 """Global priors file: per-layer A-GLASS and I-GLASS priors plus provenance.
 
 Stored as safetensors: tensors `activation` and `impact`, each float32
-`[layers, m]`, and a JSON document under the metadata key `glass_priors`.
+`[layers, m]`, and a JSON document under the metadata key `glass_priors`. `glass-export tune`
+adds a `tuning` record to that document: the lambda it chose per method and density, which
+`export` and `generate` use when --lambda is not given.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Priors:
     tokens: int
     corpus: dict = field(default_factory=dict)
     tool_version: str = __version__
+    tuning: dict = field(default_factory=dict)  # `glass-export tune`'s record (tuning.py); {} until tuned
 
     def tensor(self, name: str) -> torch.Tensor:
         if name not in PRIOR_NAMES:
@@ -44,7 +47,16 @@ class Priors:
             "model": self.model.to_dict(),
             "tokens": self.tokens,
             "corpus": self.corpus,
+            **({"tuning": self.tuning} if self.tuning else {}),
         }
+
+    def tuned(self, method: str, density: float) -> dict | None:
+        """The tune record's entry for method (chosen lambda, its KL, ...) at the tuned density nearest to
+        density (ties: the higher one), or None when the method was not tuned."""
+        entries = [e for e in self.tuning.get("chosen", []) if e.get("method") == method]
+        if not entries:
+            return None
+        return min(entries, key=lambda e: (abs(e["density"] - density), -e["density"]))
 
     def save(self, path: str | Path) -> None:
         """Write the file at path (callers writing for the user go through outputs.OutputPlan)."""
@@ -118,7 +130,23 @@ def load_priors(path: str | Path) -> Priors:
         tokens=tokens,
         corpus=meta.get("corpus", {}),
         tool_version=meta.get("tool_version", "?"),
+        tuning=_tuning(path, meta.get("tuning", {})),
     )
+
+
+def _tuning(path: Path, tuning) -> dict:
+    """The tune record, checked enough that a command reading a lambda from it cannot crash."""
+    from .selection import lambda_units
+
+    if not isinstance(tuning, dict) or not isinstance(tuning.get("chosen", []), list):
+        raise _corrupt(path, "unreadable tuning record")
+    for entry in tuning.get("chosen", []):
+        try:
+            lambda_units(entry["lambda"])
+            float(entry["density"]), str(entry["method"])
+        except (GlassExportError, KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(path, f"unreadable tuning record entry {entry!r}") from exc
+    return tuning
 
 
 def summarize(priors: Priors) -> dict:

@@ -25,6 +25,7 @@ from .errors import GlassExportError
 
 LAMBDA_SCALE = 1000
 DEFAULT_LAMBDA = 0.5
+TUNE_LAMBDAS = (0.1, 0.25, 0.5, 0.75, 0.9)  # what `glass-export tune` sweeps by default
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@
 #
 #   bash scripts/real_model.sh                 # everything
 #   STEPS="model calibrate" bash scripts/real_model.sh
+#   STEPS="heldout budget" bash scripts/real_model.sh   # docs/quality_protocol.md (about 10 eval runs, in parallel)
+#   STEPS=tune bash scripts/real_model.sh               # the same choice with `glass-export tune`, one process
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] || bash scripts/setup.sh
@@ -12,11 +14,15 @@ source .venv/bin/activate
 [ -f runtime_ops/glass_ops/lib/libglass_ort_ops.so ] || bash runtime_ops/build.sh
 
 WORK=${GLASS_REAL_DIR:-build/real}
-STEPS=${STEPS:-"model calibrate eval artifacts quant bench"}
+STEPS=${STEPS:-"model calibrate eval heldout budget artifacts quant bench"}
 LAMBDA=${LAMBDA:-0.25}   # the fused variants' lambda for the shipped artifacts (docs/real_model.md says why)
 GGUF=SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL=$WORK/smollm2-135m-instruct
 PRIORS=$WORK/priors.safetensors
+TUNED=$WORK/tuned.safetensors   # PRIORS plus the lambda `glass-export tune` chose (docs/quality_protocol.md)
+# The held-out protocol of docs/quality_protocol.md: the shipped instructions' report half, generation to the
+# end of turn (at least 16, at most 64 tokens).
+PROTOCOL="--chat --max-new-tokens 64 --min-new-tokens 16"
 mkdir -p "$WORK"
 
 if [[ " $STEPS " == *" model "* ]]; then
@@ -33,11 +39,14 @@ if [[ " $STEPS " == *" calibrate "* ]]; then
 fi
 
 if [[ " $STEPS " == *" eval "* ]]; then
+  # The earlier protocol of docs/real_model.md (8 short prompts, a fixed 128 tokens through the end of turn,
+  # lambda chosen in-sample); superseded by the tune / report steps below.
+  OLD="--prompts glass_export/data/prompts.txt --ignore-eos --chat --max-new-tokens 128"
   # Headline: every method at rho = 0.5, lambda swept for a-glass / i-glass.
-  glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
+  glass-export eval --model "$MODEL" --priors "$PRIORS" $OLD \
     --densities 0.5 --lambdas 0.1,0.25,0.5,0.75,0.9 --out docs/quality/rho_0.5 --force
   # The other densities at the lambda the rho = 0.5 sweep picked (0.25).
-  glass-export eval --model "$MODEL" --priors "$PRIORS" --chat --max-new-tokens 128 \
+  glass-export eval --model "$MODEL" --priors "$PRIORS" $OLD \
     --methods griffin,static-a,static-i,a-glass,i-glass,random --densities 0.25,0.75 --lambdas 0.25 \
     --out docs/quality/densities --force
   # One picture over the three densities: the rho = 0.5 runs at lambda 0.25 joined to the others.
@@ -53,6 +62,61 @@ plot([RunResult(**{k: r[k] for k in RunResult.__dataclass_fields__}) for r in ru
 PY
 fi
 
+if [[ " $STEPS " == *" tune "* ]]; then
+  # lambda chosen on the tune half of the shipped instructions, checked on the held-out report half, with every
+  # swept lambda also run there (--hindsight). One process, so about 8 runs x 32 prompts in a row; the heldout
+  # step computes the same runs as separate processes (what docs/quality_protocol.md reports).
+  # shellcheck disable=SC2086
+  glass-export tune --model "$MODEL" --priors "$PRIORS" $PROTOCOL --methods i-glass --densities 0.5 \
+    --lambdas 0.1,0.25,0.5 --hindsight --report docs/quality/tune_rho_0.5 --out "$TUNED" --force
+fi
+
+if [[ " $STEPS " == *" heldout "* ]]; then
+  # docs/quality_protocol.md: i-glass at rho 0.5 for each lambda on both halves, griffin (lambda 1) and
+  # static-i (lambda 0) on the report half; each run its own process (they are independent and deterministic).
+  H=docs/quality/heldout
+  for lam in 0.1 0.25 0.5; do
+    for split in tune report; do
+      # shellcheck disable=SC2086
+      glass-export eval --model "$MODEL" --priors "$PRIORS" $PROTOCOL --split $split --methods i-glass \
+        --densities 0.5 --lambdas $lam --out "$H/$split-i-glass-$lam" --force &
+    done
+  done
+  for method in griffin static-i; do
+    # shellcheck disable=SC2086
+    glass-export eval --model "$MODEL" --priors "$PRIORS" $PROTOCOL --split report --methods $method \
+      --densities 0.5 --out "$H/report-$method" --force &
+  done
+  wait
+  # the lambda tune's rule picks (lowest KL on the tune half), and one table of the report half with paired
+  # bootstrap intervals over the joined runs
+  python - <<'PY'
+import json
+from pathlib import Path
+runs = {lam: json.loads(Path(f"docs/quality/heldout/tune-i-glass-{lam}/results.json").read_text())["runs"][0]["kl"]
+        for lam in ("0.1", "0.25", "0.5")}
+print("tune-split KL:", runs, "-> chosen lambda", min(runs, key=lambda lam: (runs[lam], float(lam))))
+PY
+  python scripts/quality_tables.py "$H"/report-*/results.json > docs/quality/heldout/report_table.md
+  python scripts/quality_tables.py "$H"/tune-*/results.json > docs/quality/heldout/tune_table.md
+fi
+
+if [[ " $STEPS " == *" budget "* ]]; then
+  # Calibration budget and source: static-i (the impact prior alone, no lambda) on the report half with priors
+  # from 4k self-generated tokens (the first 8 of the 16k run's 32 sequences: same seed and batches) and from
+  # the shipped tiny corpus (512 tokens); the 16k row is the heldout step's static-i run.
+  mkdir -p "$WORK/calib"
+  glass-export calibrate --model "$MODEL" --self-generate 4096 --seq-len 512 --batch-size 8 --seed 0 \
+    --out "$WORK/calib/self-4096.safetensors" --force
+  glass-export calibrate --model "$MODEL" --data glass_export/data/tiny_corpus.txt --seq-len 128 \
+    --out "$WORK/calib/tiny-corpus.safetensors" --force
+  for src in self-4096 tiny-corpus; do
+    # shellcheck disable=SC2086
+    glass-export eval --model "$MODEL" --priors "$WORK/calib/$src.safetensors" $PROTOCOL --split report \
+      --methods static-i --densities 0.5 --out "docs/quality/calibration/$src-static" --force
+  done
+fi
+
 if [[ " $STEPS " == *" artifacts "* ]]; then
   # What a user ships: i-glass at rho = 0.5 for both runtimes, verified against eager PyTorch,
   # and the ONNX one evaluated as shipped.
@@ -62,7 +126,7 @@ if [[ " $STEPS " == *" artifacts "* ]]; then
     glass-export verify --artifact "$WORK/artifact-$target" --model "$MODEL" --steps 32 --atol 5e-4 --json > "$WORK/verify-$target.json"
   done
   glass-export eval --model "$MODEL" --artifact "$WORK/artifact-onnx" --chat --max-new-tokens 128 \
-    --out docs/quality/artifact-onnx --force
+    --prompts glass_export/data/prompts.txt --ignore-eos --out docs/quality/artifact-onnx --force
 fi
 
 if [[ " $STEPS " == *" quant "* ]]; then
@@ -76,7 +140,7 @@ if [[ " $STEPS " == *" quant "* ]]; then
       glass-export export --model "$MODEL" --priors "$PRIORS" ${run#*:} --quant $scheme --target onnx \
         --max-seq-len 512 --out "$WORK/quant/$scheme-$name" --force
       glass-export eval --model "$MODEL" --artifact "$WORK/quant/$scheme-$name" --chat --max-new-tokens 128 \
-        --prompts glass_export/data/instructions.jsonl \
+        --prompts glass_export/data/instructions.jsonl --ignore-eos \
         --out "docs/quality/quant/$scheme-$name" --force
     done
   done

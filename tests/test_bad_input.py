@@ -168,6 +168,11 @@ CASES = [
                                                               "--target", "executorch", "--quant", "int8",
                                                               "--accuracy-level", "1", "--out", t / "never"], 1,
      "--accuracy-level 1 is not available"),
+    ("tune on prompts without splits", lambda w, t: ["tune", "--model", w / "model", "--priors", w / "priors.safetensors",
+                                                    "--prompts", w / "corpus.txt", "--out", t / "tuned.safetensors"],
+     1, "marks no prompt with a split"),
+    ("tune --out the priors it reads", lambda w, t: ["tune", "--model", w / "model", "--priors", w / "priors.safetensors",
+                                                    "--out", w / "priors.safetensors", "--force"], 1, "overlaps the input"),
     # usage errors
     ("density out of range", lambda w, t: ["export", "--model", w / "model", "--density", "1.5", "--out", t / "x"], 2,
      "not in the range"),

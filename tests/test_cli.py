@@ -25,7 +25,8 @@ def test_help_lists_the_commands():
     assert result.exit_code == 0
     # the names in the "Commands:" section only (the group's own help text mentions several of them)
     listed = {line.split()[0] for line in result.output.split("Commands:", 1)[1].splitlines() if line.strip()}
-    assert listed == {"calibrate", "generate", "inspect", "example", "convert-gguf", "export", "run", "verify", "eval"}
+    assert listed == {"calibrate", "generate", "inspect", "example", "convert-gguf", "export", "run", "verify", "eval",
+                      "tune"}
     for command in listed:
         sub = run(command, "--help")
         assert sub.exit_code == 0 and sub.output.startswith("Usage: ") and f" {command} [OPTIONS]" in sub.output, sub.output
