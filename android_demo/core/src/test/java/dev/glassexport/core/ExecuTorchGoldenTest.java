@@ -1,19 +1,14 @@
 package dev.glassexport.core;
 
-import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import com.google.gson.JsonArray;
 import com.google.gson.JsonElement;
 import com.google.gson.JsonObject;
-import com.google.gson.JsonParser;
 import java.io.Reader;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.ArrayList;
-import java.util.List;
 import java.util.Properties;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -29,10 +24,8 @@ class ExecuTorchGoldenTest {
 
   @BeforeAll
   static void load() throws Exception {
-    golden = Path.of(System.getProperty("glass.golden", "../build/golden"));
-    Path file = golden.resolve("executorch.json");
-    assertTrue(Files.isRegularFile(file), file + " missing: run the Python tests first (bash scripts/test.sh)");
-    data = JsonParser.parseString(Files.readString(file)).getAsJsonObject();
+    golden = GoldenTest.goldenDir();
+    data = GoldenTest.readGolden("executorch.json");
     Path host = Path.of(System.getProperty("glass.etHost", "../jni/build/host.properties"));
     assertTrue(Files.isRegularFile(host), host + " missing: build the bridge first (bash android_demo/jni/build.sh)");
     Properties properties = new Properties();
@@ -58,24 +51,7 @@ class ExecuTorchGoldenTest {
       Generator generator = new Generator(backend, manifest, tokenizer);
       manifest.eosTokenIds.clear(); // EOS off, as on the Python side: compare every step
       for (JsonElement e : data.getAsJsonArray("records")) {
-        JsonObject record = e.getAsJsonObject();
-        List<Long> streamed = new ArrayList<>();
-        Generator.Result result =
-            generator.generate(record.get("prompt").getAsString(), newTokens, Sampler.greedy(), (t, text) -> streamed.add(t));
-        assertArrayEquals(GoldenTest.longs(record.getAsJsonArray("ids")), generator.encode(record.get("prompt").getAsString()));
-        assertEquals(result.tokens, streamed);
-        assertArrayEquals(GoldenTest.longs(record.getAsJsonArray("tokens")),
-            result.tokens.stream().mapToLong(Long::longValue).toArray(), record.get("prompt").getAsString());
-        JsonArray indices = record.getAsJsonArray("indices");
-        assertEquals(indices.size(), result.indices.length);
-        for (int layer = 0; layer < indices.size(); layer++) {
-          assertArrayEquals(GoldenTest.longs(indices.get(layer).getAsJsonArray()), result.indices[layer]);
-        }
-        JsonArray logits = record.getAsJsonArray("first_logits");
-        assertEquals(logits.size(), result.firstLogits.length);
-        for (int i = 0; i < logits.size(); i++) assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
-        assertEquals(record.get("text").getAsString(), result.text);
-        assertTrue(result.prefillMs > 0 && result.decodeTokensPerSecond() > 0);
+        GoldenTest.assertReproduces(generator, e.getAsJsonObject(), newTokens);
       }
     }
   }

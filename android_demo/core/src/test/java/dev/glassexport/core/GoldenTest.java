@@ -26,16 +26,49 @@ class GoldenTest {
 
   @BeforeAll
   static void load() throws Exception {
-    golden = Path.of(System.getProperty("glass.golden", "../build/golden"));
-    Path file = golden.resolve("golden.json");
+    golden = goldenDir();
+    data = readGolden("golden.json");
+  }
+
+  /** Where tests/test_android_golden.py wrote the golden data. */
+  static Path goldenDir() {
+    return Path.of(System.getProperty("glass.golden", "../build/golden"));
+  }
+
+  static JsonObject readGolden(String name) throws Exception {
+    Path file = goldenDir().resolve(name);
     assertTrue(Files.isRegularFile(file), file + " missing: run the Python tests first (bash scripts/test.sh)");
-    data = JsonParser.parseString(Files.readString(file)).getAsJsonObject();
+    return JsonParser.parseString(Files.readString(file)).getAsJsonObject();
   }
 
   static long[] longs(JsonArray array) {
     long[] out = new long[array.size()];
     for (int i = 0; i < out.length; i++) out[i] = array.get(i).getAsLong();
     return out;
+  }
+
+  /**
+   * One golden record reproduced by a generator with EOS off: prompt ids, streamed and greedy tokens,
+   * kept indices, first logits within 1e-4, text, and measured timings.
+   */
+  static void assertReproduces(Generator generator, JsonObject record, int newTokens) {
+    String prompt = record.get("prompt").getAsString();
+    List<Long> streamed = new ArrayList<>();
+    Generator.Result result = generator.generate(prompt, newTokens, Sampler.greedy(), (t, text) -> streamed.add(t));
+    assertArrayEquals(longs(record.getAsJsonArray("ids")), generator.encode(prompt), prompt);
+    assertEquals(result.tokens, streamed);
+    assertArrayEquals(longs(record.getAsJsonArray("tokens")), result.tokens.stream().mapToLong(Long::longValue).toArray(),
+        prompt);
+    JsonArray indices = record.getAsJsonArray("indices");
+    assertEquals(indices.size(), result.indices.length);
+    for (int layer = 0; layer < indices.size(); layer++) {
+      assertArrayEquals(longs(indices.get(layer).getAsJsonArray()), result.indices[layer]);
+    }
+    JsonArray logits = record.getAsJsonArray("first_logits");
+    assertEquals(logits.size(), result.firstLogits.length);
+    for (int i = 0; i < logits.size(); i++) assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
+    assertEquals(record.get("text").getAsString(), result.text);
+    assertTrue(result.prefillMs > 0 && result.decodeTokensPerSecond() > 0);
   }
 
   @Test
@@ -59,26 +92,7 @@ class GoldenTest {
       assertEquals("ONNX function fallback", backend.opImplementation());
       Generator generator = new Generator(backend, manifest, tokenizer);
       manifest.eosTokenIds.clear(); // EOS off, as on the Python side: compare every step
-      for (JsonElement e : data.getAsJsonArray("records")) {
-        JsonObject record = e.getAsJsonObject();
-        List<Long> streamed = new ArrayList<>();
-        Generator.Result result =
-            generator.generate(record.get("prompt").getAsString(), newTokens, Sampler.greedy(), (t, text) -> streamed.add(t));
-        assertEquals(result.tokens, streamed);
-        long[] tokens = result.tokens.stream().mapToLong(Long::longValue).toArray();
-        assertArrayEquals(longs(record.getAsJsonArray("tokens")), tokens);
-        JsonArray indices = record.getAsJsonArray("indices");
-        assertEquals(indices.size(), result.indices.length);
-        for (int layer = 0; layer < indices.size(); layer++) {
-          assertArrayEquals(longs(indices.get(layer).getAsJsonArray()), result.indices[layer]);
-        }
-        JsonArray logits = record.getAsJsonArray("first_logits");
-        for (int i = 0; i < logits.size(); i++) {
-          assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
-        }
-        assertEquals(record.get("text").getAsString(), result.text);
-        assertTrue(result.prefillMs > 0 && result.decodeTokensPerSecond() > 0);
-      }
+      for (JsonElement e : data.getAsJsonArray("records")) assertReproduces(generator, e.getAsJsonObject(), newTokens);
     }
   }
 
