@@ -22,7 +22,7 @@ from .selection import SelectionConfig
 
 MANIFEST_NAME = "glass.json"
 FORMAT = "glass-export-artifact"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 PRIORS_NAME = "priors.safetensors"
 TARGET_FILES = {
     "onnx": {"prefill": "prefill.onnx", "decode": "decode.onnx", "weights": "model.onnx.data"},

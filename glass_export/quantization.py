@@ -2,10 +2,13 @@
 
 Every quantised weight is a matrix of rows quantised along its input dimension in blocks of
 `group_size`, with ONNX Runtime's own block quantiser (the C++ routine behind
-`MatMulNBitsQuantizer`): symmetric, one float scale a block, codes u stored unsigned with the
-implicit zero point Z = 8 (4-bit, two codes a byte, low nibble first) or 128 (8-bit), so that
-`weight = scale * (u - Z)`. That is MatMulNBits' layout `B [N, K / group, group * bits / 8]`, and
-the FFN's neuron-contiguous rows (gate/up rows of each neuron, W_down's columns) use the very same
+`MatMulNBitsQuantizer`) choosing each block's scale: symmetric, one scale a block, rounded to a
+float16 value (as GGUF's Q4_0 / Q8_0 store theirs) and kept in float32 tensors, codes u (from the
+rounded scale) stored unsigned with the implicit zero point Z = 8 (4-bit, two codes a byte, low
+nibble first) or 128 (8-bit), so that `weight = scale * (u - Z)`. The glass kernels hold the scales
+as float16, which takes a tenth off the bytes a sparse decode step streams; MatMulNBits reads the
+same float32 tensors, so the two agree exactly. That is MatMulNBits' layout
+`B [N, K / group, group * bits / 8]`, and the FFN's neuron-contiguous rows (gate/up rows of each neuron, W_down's columns) use the very same
 one, so the glass kernels and MatMulNBits read one copy.
 
 Activations: with `accuracy_level` 4 (the default) every quantised matmul quantises its input per
@@ -83,8 +86,8 @@ class QuantScheme:
         if not self.quantized:
             return {"weights": "fp32"}
         return {"weights": self.weights, "bits": self.bits, "group_size": self.group_size, "symmetric": True,
-                "zero_point": 1 << (self.bits - 1), "scale_dtype": "float32", "accuracy_level": self.accuracy_level,
-                "activations": ACCURACY_LEVELS[self.accuracy_level]}
+                "zero_point": 1 << (self.bits - 1), "scale_dtype": "float16 values in float32 tensors",
+                "accuracy_level": self.accuracy_level, "activations": ACCURACY_LEVELS[self.accuracy_level]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "QuantScheme":
@@ -130,9 +133,22 @@ def quantize_rows(weight: np.ndarray, bits: int, group_size: int) -> QuantizedRo
     scales = np.zeros((rows, blocks), dtype=np.float32)
     zero_points = np.zeros((rows, blocks), dtype=np.uint8)  # unused: symmetric
     quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
-    # ORT quantises B [K, N] column by column, i.e. our rows.
+    # ORT quantises B [K, N] column by column, i.e. our rows; its codes are replaced below.
     quantize(codes, np.ascontiguousarray(weight.T), scales, zero_points, group_size, rows, cols, True)
-    return QuantizedRows(codes.reshape(rows, -1), scales, bits, group_size)
+    with np.errstate(over="ignore"):
+        half_scales = scales.astype(np.float16)
+    if not np.isfinite(half_scales).all():
+        raise GlassExportError("a weight is too large for float16 quantisation scales (|w| > 2.6e5)",
+                               "export this model with --quant fp32")
+    scales = half_scales.astype(np.float32)
+    zero = 1 << (bits - 1)
+    blocks_of = weight.reshape(rows, blocks, group_size)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(scales[..., None] != 0, np.rint(blocks_of / scales[..., None]), 0.0)
+    q = (np.clip(q, -zero, zero - 1) + zero).astype(np.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    return QuantizedRows(np.ascontiguousarray(q.reshape(rows, -1)), scales, bits, group_size)
 
 
 def dequantize_rows(q: QuantizedRows) -> np.ndarray:

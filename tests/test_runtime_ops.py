@@ -297,6 +297,33 @@ def quant_case(seed, d=64, m=24, bits=4, group=32):
     return rng.standard_normal((1, 3, d)).astype(np.float32), gate_up, down
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantiser_scales_are_float16_values_and_codes_follow_them(bits):
+    """The kernels hold scales as float16: the quantiser must give float16 values (so MatMulNBits, which reads
+    the float32 tensors, and the glass kernels agree exactly), with codes taken against the rounded scale."""
+    from glass_export.errors import GlassExportError
+    from glass_export.quantization import dequantize_rows, quantize_rows
+
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((16, 128)) * 0.02).astype(np.float32)
+    weight[2] = 0.0  # an all-zero row: scale 0, every code the zero point
+    q = quantize_rows(weight, bits, 32)
+    np.testing.assert_array_equal(q.scales.astype(np.float16).astype(np.float32), q.scales)
+    values = dequantize_rows(q)
+    # round to nearest against the rounded scale: within half a step of the weight, but for values past the
+    # last code on the positive side (ORT's symmetric range is [-Z, Z - 1]), which are clipped to it
+    scale = np.repeat(q.scales, 32, axis=1)
+    step = np.abs(scale)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = np.abs(weight / scale) <= (1 << (bits - 1)) - 0.5
+    assert inside.mean() > 0.8
+    assert (np.abs(values - weight)[inside] <= 0.5 * step[inside] * (1 + 1e-6)).all()
+    assert (np.abs(values - weight) <= step * (1 + 1e-6)).all()
+    assert (values[2] == 0).all()
+    with pytest.raises(GlassExportError, match="float16"):
+        quantize_rows(np.full((1, 32), 1e9, np.float32), bits, 32)
+
+
 def quant_reference(x, gate_up, down, idx, activation, accuracy):
     """(y, bound): the float64 FFN over the dequantised rows, with the kernels' view of x, and how far the
     decode may be from it: with accuracy 4 its down projection rounds every coefficient z_j * s_{j,g} to

@@ -3,7 +3,8 @@
 fp32: gather_ffn (decode), ffn_up / ffn_down (dense prefill halves) over neuron-contiguous weights.
 Quantised (`_q`): the same three over rows quantised along d in blocks (MatMulNBits' layout, see
 glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
-[rows, d / block], with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
+[rows, d / block] read as float16 values (scale_values; the exporter's scales are float16 values
+already), with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
 products see x quantised per block to int8 as MLAS's CompInt8 does, and gather_ffn_q's down
 projection is an integer dot product over neurons with int8 coefficients (decode_down_int8). The
 references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
@@ -80,13 +81,18 @@ def ffn_down_reference(z, w_down_t):
     return z @ w_down_t
 
 
+def scale_values(scales: torch.Tensor) -> torch.Tensor:
+    """Stored scales as every quantised op reads them: rounded to float16 (the native kernels hold them so)."""
+    return scales.to(torch.float16).to(torch.float32)
+
+
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, bits: int) -> torch.Tensor:
     """codes uint8 [rows, blocks, blob], scales [rows, blocks] -> float32 [rows, blocks * block]."""
     rows, blocks = codes.shape[0], codes.shape[1]
     codes = codes.reshape(rows, blocks, -1)
     if bits == 4:
         codes = torch.stack([codes & 0x0F, codes >> 4], dim=-1).reshape(rows, blocks, -1)
-    values = (codes.to(torch.float32) - float(1 << (bits - 1))) * scales.reshape(rows, blocks, 1)
+    values = (codes.to(torch.float32) - float(1 << (bits - 1))) * scale_values(scales).reshape(rows, blocks, 1)
     return values.reshape(rows, -1)
 
 
@@ -131,7 +137,7 @@ def down_int8_from_groups(z, centred, down_scales):
     """decode_down_int8 given centred_down_groups(...) (computed once per kept set by eager PyTorch).
     The inner sums are integers below 2^24, so float32 holds them exactly in any order."""
     pad = (-down_scales.shape[0]) % DOWN_GROUP
-    c = F.pad(z.float().unsqueeze(-1) * down_scales, (0, 0, 0, pad))  # [..., k_pad, blocks]
+    c = F.pad(z.float().unsqueeze(-1) * scale_values(down_scales), (0, 0, 0, pad))  # [..., k_pad, blocks]
     q, t = int8_blocks(c.unflatten(-2, (-1, DOWN_GROUP)), -2)  # [..., J, 32, blocks], [..., J, 1, blocks]
     sums = torch.einsum("...jcn,jcnb->...jnb", q, centred)
     return torch.einsum("...jn,...jnb->...nb", t.squeeze(-2), sums).flatten(-2).to(z.dtype)

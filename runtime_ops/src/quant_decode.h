@@ -64,7 +64,7 @@ class DecodePack : public GateUpTiles {
     const int64_t R = row_sub_bytes(), nb = blocks();
     const int64_t H = R / 16;
     down_.assign(static_cast<size_t>(groups() * windows() * kDownGroup * R), 0);
-    down_scales_.assign(static_cast<size_t>(groups() * nb * kDownGroup), 0.0f);
+    down_scales_.assign(static_cast<size_t>(groups() * nb * kDownGroup), Half(0));
     for (int64_t j = 0; j < k; ++j) {
       const int64_t J = j / kDownGroup, p = (j % kDownGroup) / 4, b = j % 4;
       const uint8_t* row = down.row(idx[j]);
@@ -75,7 +75,9 @@ class DecodePack : public GateUpTiles {
         }
       }
       const float* scales = down.row_scales(idx[j]);
-      for (int64_t g = 0; g < nb; ++g) down_scales_[(J * nb + g) * kDownGroup + j % kDownGroup] = scales[g];
+      for (int64_t g = 0; g < nb; ++g) {
+        down_scales_[(J * nb + g) * kDownGroup + j % kDownGroup] = static_cast<Half>(scales[g]);
+      }
     }
   }
 
@@ -91,8 +93,8 @@ class DecodePack : public GateUpTiles {
 
   // 32 R bytes: window w of neuron group J's down rows.
   const uint8_t* down_tile(int64_t w, int64_t J) const { return down_.data() + down_offset(w, J); }
-  // 32 floats: the down scales s_{j,g} of group J's neurons.
-  const float* down_scales(int64_t J, int64_t g) const { return down_scales_.data() + (J * blocks() + g) * kDownGroup; }
+  // 32 float16s: the down scales s_{j,g} of group J's neurons; block g + 1's follow.
+  const Half* down_scales(int64_t J, int64_t g) const { return down_scales_.data() + (J * blocks() + g) * kDownGroup; }
 
   // The code of output i of neuron j of group J (portable paths).
   int down_code(int64_t J, int64_t j, int64_t i) const {
@@ -127,7 +129,7 @@ class DecodePack : public GateUpTiles {
   std::vector<int64_t> indices_;
   std::vector<uint8_t> samples_;
   std::vector<uint8_t> down_;
-  std::vector<float> down_scales_;
+  std::vector<Half> down_scales_;
 };
 
 // The DecodePack of each FFN's current kept set, for runtimes whose kernels keep no state of their own
@@ -153,6 +155,7 @@ struct GroupCoefs {
   std::vector<int8_t> q;      // [blocks][32]
   std::vector<float> scale;   // [blocks]: t = amax / 127
   std::vector<int32_t> zero;  // [blocks]: Z * sum(q), for kernels that multiply unsigned codes
+  std::vector<float> scales;  // [blocks][32]: the group's down scales as floats (scratch)
 
   // z: the group's 32 activations (0 for padding neurons).
   void compute(const DecodePack& pack, int64_t J, const float* z) {
@@ -161,9 +164,11 @@ struct GroupCoefs {
     scale.resize(static_cast<size_t>(nb));
     zero.resize(static_cast<size_t>(nb));
     const int zp = zero_point(pack.bits);
+    scales.resize(static_cast<size_t>(nb * kDownGroup));
+    halves_to_floats(pack.down_scales(J, 0), nb * kDownGroup, scales.data());
     float c[kDownGroup];
     for (int64_t g = 0; g < nb; ++g) {
-      const float* s = pack.down_scales(J, g);
+      const float* s = scales.data() + g * kDownGroup;
 #pragma omp simd
       for (int64_t j = 0; j < kDownGroup; ++j) c[j] = z[j] * s[j];
       int8_t* out = q.data() + g * kDownGroup;
@@ -192,7 +197,8 @@ inline void gate_up_tiles_scalar(const GateUpTiles& pack, const PreparedX& x, in
           for (int64_t i = g * pack.block; i < (g + 1) * pack.block; ++i) {
             sum += (pack.gate_up_code(t, half, r, i) - z) * x.quantized(i, pack.bits);
           }
-          acc += static_cast<float>(sum) * (pack.gate_up_scales(t, half, g)[r] * x.sub_scale[g * spb]);
+          const float scale = static_cast<float>(pack.gate_up_scales(t, half, g)[r]) * x.sub_scale[g * spb];
+          acc += static_cast<float>(sum) * scale;
         }
         (half == 0 ? gate : up)[(t - t0) * kTileRows + r] = acc;
       }
@@ -223,7 +229,7 @@ inline void gate_up_tiles_float(const GateUpTiles& pack, const float* x, int64_t
           for (int64_t i = g * pack.block; i < (g + 1) * pack.block; ++i) {
             part += x[i] * static_cast<float>(pack.gate_up_code(t, half, r, i) - z);
           }
-          acc += part * pack.gate_up_scales(t, half, g)[r];
+          acc += part * static_cast<float>(pack.gate_up_scales(t, half, g)[r]);
         }
         (half == 0 ? gate : up)[(t - t0) * kTileRows + r] = acc;
       }
@@ -235,9 +241,11 @@ inline void gate_up_tiles_float(const GateUpTiles& pack, const float* x, int64_t
 inline void down_group_float(const DecodePack& pack, const float* z_group, int64_t J, float* acc) {
   const int z = zero_point(pack.bits);
   for (int64_t i = 0; i < pack.d; ++i) {
-    const float* s = pack.down_scales(J, i / pack.block);
+    const Half* s = pack.down_scales(J, i / pack.block);
     float sum = 0.0f;
-    for (int64_t j = 0; j < kDownGroup; ++j) sum += z_group[j] * s[j] * static_cast<float>(pack.down_code(J, j, i) - z);
+    for (int64_t j = 0; j < kDownGroup; ++j) {
+      sum += z_group[j] * static_cast<float>(s[j]) * static_cast<float>(pack.down_code(J, j, i) - z);
+    }
     acc[i] += sum;
   }
 }

@@ -7,9 +7,11 @@
 // gate/up rows directly):
 //   gate_up: rows 2m (row 2i = gate of neuron i, row 2i + 1 = its up row), cols d
 //   down:    rows m  (row i = column i of W_down),                         cols d
-// Row r, block g holds `block` codes u and one float scale s; the weight is s * (u - Z), with the
+// Row r, block g holds `block` codes u and one scale s; the weight is s * (u - Z), with the
 // implicit zero point Z = 8 (4-bit: two codes a byte, element 2j in the low nibble of byte j) or
-// Z = 128 (8-bit: one code a byte).
+// Z = 128 (8-bit: one code a byte). Scales are float16 values in float32 tensors (the exporter's
+// quantiser rounds them so, and MatMulNBits reads the same tensors); every kernel reads a scale as
+// float16 (scale_value), and the tiles hold them as float16, a tenth of the bytes a decode streams.
 //
 // Accuracy (MatMulNBits' accuracy_level):
 //   Int8 (4):    x is quantised per block as MLAS's CompInt8 path does (scale = amax / 127,
@@ -34,6 +36,12 @@
 #include <unordered_map>
 #include <vector>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
+
 #include "gather_ffn.h"
 
 namespace glass {
@@ -41,6 +49,31 @@ namespace glass {
 constexpr int64_t kSubBlock = 32;  // SIMD granularity: every block size is a multiple of it
 
 enum class Accuracy : int64_t { Float32 = 1, Int8 = 4 };
+
+// IEEE binary16 storage (F16C converts on x86-64; arm64 converts natively, where GCC 12's C++ spells it __fp16)
+#if defined(__aarch64__)
+using Half = __fp16;
+#else
+using Half = _Float16;
+#endif
+
+// A stored scale as the kernels read it: rounded to float16 (exact for exported weights).
+inline float scale_value(float s) { return static_cast<float>(static_cast<Half>(s)); }
+
+// dst[0, n) = src[0, n) as floats, n a multiple of 8 (vectorised where the TU's ISA has a conversion).
+inline void halves_to_floats(const Half* src, int64_t n, float* dst) {
+#if defined(__F16C__)
+  for (int64_t i = 0; i < n; i += 8) {
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+#elif defined(__aarch64__)
+  for (int64_t i = 0; i < n; i += 4) {
+    vst1q_f32(dst + i, vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(src + i))));
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+#endif
+}
 
 inline bool valid_accuracy(int64_t level) { return level == 1 || level == 4; }
 
@@ -159,7 +192,7 @@ class GateUpTiles {
     bits = gate_up.bits;
     const int64_t R = row_sub_bytes(), n_sub = d / kSubBlock, nb = blocks();
     gate_up_.assign(static_cast<size_t>(tiles() * 2 * n_sub * kTileRows * R), 0);
-    gate_up_scales_.assign(static_cast<size_t>(tiles() * 2 * nb * kTileRows), 0.0f);
+    gate_up_scales_.assign(static_cast<size_t>(tiles() * 2 * nb * kTileRows), Half(0));
     for (int64_t j = 0; j < k; ++j) {
       const int64_t t = j / kTileRows, r = j % kTileRows;
       for (int half = 0; half < 2; ++half) {
@@ -169,7 +202,9 @@ class GateUpTiles {
           for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
         }
         const float* scales = gate_up.row_scales(2 * idx[j] + half);
-        for (int64_t g = 0; g < nb; ++g) gate_up_scales_[((t * 2 + half) * nb + g) * kTileRows + r] = scales[g];
+        for (int64_t g = 0; g < nb; ++g) {
+          gate_up_scales_[((t * 2 + half) * nb + g) * kTileRows + r] = static_cast<Half>(scales[g]);
+        }
       }
     }
   }
@@ -184,8 +219,8 @@ class GateUpTiles {
 
   // 16 R bytes: sub-block s of tile t's gate (half 0) or up (half 1) rows.
   const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const { return gate_up_.data() + gate_up_offset(t, half, s); }
-  // 16 floats: the scales of block g of those rows.
-  const float* gate_up_scales(int64_t t, int half, int64_t g) const {
+  // 16 float16s: the scales of block g of those rows.
+  const Half* gate_up_scales(int64_t t, int half, int64_t g) const {
     return gate_up_scales_.data() + ((t * 2 + half) * blocks() + g) * kTileRows;
   }
   // The code of element i of row r of tile t, half (portable paths).
@@ -201,7 +236,7 @@ class GateUpTiles {
   }
 
   std::vector<uint8_t> gate_up_;
-  std::vector<float> gate_up_scales_;
+  std::vector<Half> gate_up_scales_;
 };
 
 class DecodePack;  // quant_decode.h
@@ -246,7 +281,7 @@ inline float dot_float(const uint8_t* row, const float* scales, const float* x, 
   for (int64_t g = 0; g < cols / block; ++g) {
     float part = 0.0f;
     for (int64_t i = g * block; i < (g + 1) * block; ++i) part += x[i] * static_cast<float>(code_at(row, bits, i) - z);
-    acc += part * scales[g];
+    acc += part * scale_value(scales[g]);
   }
   return acc;
 }
@@ -319,7 +354,7 @@ inline void dequantize_cols(const QuantRows& rows, int64_t r, int64_t c0, int64_
   const float* scales = rows.row_scales(r);
   const float z = static_cast<float>(zero_point(rows.bits));
   for (int64_t s = c0; s < c1; s += kSubBlock) {
-    const float scale = scales[s / rows.block];
+    const float scale = scale_value(scales[s / rows.block]);
     float* o = out + (s - c0);
     if (rows.bits == 4) {
       const uint8_t* bytes = codes + s / 2;

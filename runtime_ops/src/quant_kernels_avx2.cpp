@@ -37,6 +37,9 @@ inline __m256i lane_dot8(__m256i codes, __m256i word) {
 
 inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
+// 8 float16 scales as floats (F16C).
+inline __m256 load_halves(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+
 void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int64_t spb = pack.subs_per_block();
   const __m256i low = _mm256_set1_epi8(0x0F);
@@ -74,7 +77,7 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
       const __m256 x_scale = _mm256_set1_ps(x.sub_scale[g * spb]);
       for (int half = 0; half < 2; ++half) {
         for (int lanes = 0; lanes < 2; ++lanes) {
-          const __m256 scale = _mm256_mul_ps(_mm256_loadu_ps(pack.gate_up_scales(t, half, g) + 8 * lanes), x_scale);
+          const __m256 scale = _mm256_mul_ps(load_halves(pack.gate_up_scales(t, half, g) + 8 * lanes), x_scale);
           sums[half][lanes] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[half][lanes], zero)), scale,
                                               sums[half][lanes]);
         }

@@ -35,6 +35,9 @@ inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #endif
 }
 
+// 4 float16 scales as floats.
+inline float32x4_t load_halves(const Half* p) { return vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(p))); }
+
 inline int8x16_t signed8(const uint8_t* codes) { return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes), vdupq_n_u8(0x80))); }
 
 // --- decode tiles (quant_decode.h) -----------------------------------------------------------
@@ -79,9 +82,9 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
         // signed 8-bit codes need no zero-point correction
         const int32x4_t zero = vdupq_n_s32(pack.bits == 4 ? x.block_zero[g] : 0);
         const float x_scale = x.sub_scale[g * spb];
-        const float* scales = pack.gate_up_scales(t, half, g);
+        const Half* scales = pack.gate_up_scales(t, half, g);
         for (int q = 0; q < 4; ++q) {
-          sums[q] = vfmaq_f32(sums[q], vcvtq_f32_s32(vsubq_s32(acc[q], zero)), vmulq_n_f32(vld1q_f32(scales + 4 * q), x_scale));
+          sums[q] = vfmaq_f32(sums[q], vcvtq_f32_s32(vsubq_s32(acc[q], zero)), vmulq_n_f32(load_halves(scales + 4 * q), x_scale));
         }
       }
       float* out = (half == 0 ? gate : up) + (t - t0) * kTileRows;

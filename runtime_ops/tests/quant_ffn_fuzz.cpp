@@ -76,7 +76,8 @@ double weight(const std::vector<uint8_t>& codes, const std::vector<float>& scale
               int64_t i) {
   const int64_t row_bytes = k.d * k.bits / 8;
   const int code = glass::code_at(codes.data() + row * row_bytes, k.bits, i);
-  return double(scales[row * (k.d / k.block) + i / k.block]) * (code - glass::zero_point(k.bits));
+  // scales are read as float16 (the random ones here are not float16 values: every kernel must round them alike)
+  return double(glass::scale_value(scales[row * (k.d / k.block) + i / k.block])) * (code - glass::zero_point(k.bits));
 }
 
 // What the kernels see of x: the int8-quantised values (Int8 accuracy) or x itself.

@@ -21,7 +21,7 @@ import java.util.Set;
  */
 public final class Manifest {
   public static final String FORMAT = "glass-export-artifact";
-  public static final int FORMAT_VERSION = 2;
+  public static final int FORMAT_VERSION = 3;
 
   public final Path directory;
   public final String toolVersion;
