@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from glass_ops.torch_ops import normalised_square_sum  # the local statistic's one definition
 
 from .errors import GlassExportError
 
@@ -103,19 +104,6 @@ class LocalStats:
 
     def scores(self) -> torch.Tensor:
         return self.sq_sum.sqrt().float()
-
-
-def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
-    """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m], in float64; a zero row contributes zero.
-
-    float64 (every runtime computes it so) leaves the activations z as the only source of rounding
-    differences between eager PyTorch and an exported graph; the scores are rounded to float32 once.
-    Squares are products, not powers: ExecuTorch's portable float64 pow calls libm per element, which
-    made it most of a quantised prefill."""
-    z = z.double()
-    norms = (z * z).sum(dim=-1, keepdim=True).sqrt()  # ONNX ReduceL2's definition
-    normed = z / torch.where(norms > 0, norms, torch.ones_like(norms))
-    return (normed * normed).sum(dim=0)
 
 
 def local_scores(z: torch.Tensor) -> torch.Tensor:

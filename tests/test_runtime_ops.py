@@ -202,6 +202,44 @@ def test_executorch_kernel_matches_reference_and_refuses_bad_indices(executorch_
     torch.testing.assert_close(method.execute([x, idx])[0], reference(x, gu, dt, idx, activation), atol=ATOL, rtol=RTOL)
 
 
+class LocalStatistic(torch.nn.Module):
+    def forward(self, z):
+        return torch.ops.glass.normalised_square_sum(z)
+
+
+def test_executorch_local_statistic_matches_its_definition(executorch_kernels, tmp_path):
+    """glass::normalised_square_sum (the ExecuTorch prefill's float64 local statistic) against the one
+    definition eager PyTorch uses, rows of every scale and an all-zero row included; within float64
+    rounding, so the float32 scores GLASS ranks are the same."""
+    from glass_ops.torch_ops import normalised_square_sum
+
+    seq = torch.export.Dim("seq", min=1, max=64)
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    example = torch.randn(5, 96)
+    program = to_edge_transform_and_lower(torch.export.export(LocalStatistic(), (example,), dynamic_shapes=({0: seq},)),
+                                          partitioner=[XnnpackPartitioner()])
+    to_pte = tmp_path / "stat.pte"
+    to_pte.write_bytes(program.to_executorch().buffer)
+    method = Runtime.get().load_program(str(to_pte)).load_method("forward")
+    generator = torch.Generator().manual_seed(0)
+    for tokens in (1, 7, 50):
+        z = torch.randn(tokens, 96, generator=generator) * torch.logspace(-3, 3, tokens).unsqueeze(1)
+        if tokens > 1:
+            z[1] = 0.0
+        got = method.execute([z])[0]
+        assert got.dtype == torch.float64 and got.shape == (96,)
+        want = normalised_square_sum(z)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
+        assert torch.equal(got.sqrt().float(), want.sqrt().float())
+    with pytest.raises(RuntimeError):
+        method.execute([torch.randn(3, 95)])  # not the exported m: the method refuses the shape
+    with pytest.raises(ValueError, match="float32"):
+        torch.ops.glass.normalised_square_sum(torch.randn(3, 4, 5))
+
+
 def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "search_dirs", lambda: [tmp_path])
     monkeypatch.setattr(native, "_loaded", {})

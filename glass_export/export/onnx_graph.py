@@ -34,7 +34,7 @@ from glass_ops.torch_ops import ACTIVATION_CODES
 
 from ..models.decoder import DecoderSpec
 from ..quantization import QuantScheme, QuantizedRows, quantize_rows
-from ..selection import SelectionConfig, normalised_square_sum, random_selection, ranks_by_topk, select_with_ranks
+from ..selection import SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
 
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
@@ -311,7 +311,7 @@ class DecoderGraph:
         return self.g.op("Gelu", [gate], approximate="tanh")
 
     def normalised_square_sum(self, z: str) -> str:
-        """sum over tokens of (z_t / ||z_t||)^2 -> [m], in float64; a zero row contributes zero (selection.py)."""
+        """sum over tokens of (z_t / ||z_t||)^2 -> [m], in float64; a zero row contributes zero (glass_ops.torch_ops)."""
         z = self.g.op("Cast", [z], to=TensorProto.DOUBLE)
         norm = self.g.op("ReduceL2", [z, self.g.const([-1])], keepdims=1)
         safe = self.g.op("Where", [self.g.op("Greater", [norm, self.g.const(0.0, np.float64)]), norm,

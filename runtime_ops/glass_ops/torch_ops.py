@@ -31,6 +31,8 @@ SCHEMAS = {
     "ffn_up_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, int activation, int bits, int block_size, "
                 "int accuracy_level",
     "ffn_down_q": "Tensor z, Tensor down, Tensor down_scales, int bits, int block_size",
+    # GLASS's local statistic of one layer's prompt activations z [T, m] (float32) -> float64 [m]
+    "normalised_square_sum": "Tensor z",
 }
 for _name, _args in SCHEMAS.items():
     torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
@@ -184,12 +186,34 @@ def ffn_down_q_reference(z, down, down_scales, bits, block_size):
     return z @ dequantize(down, down_scales, bits)
 
 
+def normalised_square_sum(z: torch.Tensor) -> torch.Tensor:
+    """sum_t (z_t / ||z_t||)^2 over the rows of z [T, m], in float64; a zero row contributes zero.
+
+    The definition of GLASS's local statistic (glass_export.selection's local scores are its square
+    roots), which eager PyTorch computes with this function, the ONNX graphs with stock float64 ops and
+    ExecuTorch programs with the glass::normalised_square_sum kernel. float64 leaves the activations z
+    as the only source of rounding differences between them; the scores are rounded to float32 once.
+    Squares are products, not powers (ONNX ReduceL2's definition)."""
+    z = z.double()
+    norms = (z * z).sum(dim=-1, keepdim=True).sqrt()
+    normed = z / torch.where(norms > 0, norms, torch.ones_like(norms))
+    return (normed * normed).sum(dim=0)
+
+
+def normalised_square_sum_reference(z):
+    if z.dim() != 2 or z.dtype != torch.float32:
+        raise ValueError(f"glass::normalised_square_sum: z must be float32 [T, m], got {z.dtype} {tuple(z.shape)}")
+    return normalised_square_sum(z)
+
+
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
               "gather_ffn_q": gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
-              "ffn_down_q": ffn_down_q_reference}
+              "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference}
 
 
 def _output_shape(name, args):
+    if name == "normalised_square_sum":
+        return (args[0].shape[-1],)
     x, weights = args[0], args[1]
     if name in ("gather_ffn", "gather_ffn_q"):
         return x.shape
@@ -212,7 +236,8 @@ def _register(name, ref):
         return out
 
     def fake(*args):
-        return args[0].new_empty(_output_shape(name, args))
+        dtype = torch.float64 if name == "normalised_square_sum" else args[0].dtype
+        return args[0].new_empty(_output_shape(name, args), dtype=dtype)
 
     def out_fake(*args, out):
         return out

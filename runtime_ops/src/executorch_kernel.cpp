@@ -4,6 +4,7 @@
 //   glass::ffn_down.out    dense prefill, second half: y = z W_down^T (w_down_t [m, d])
 //   glass::gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
 //                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py)
+//   glass::normalised_square_sum.out  the prefill's float64 local statistic of one layer
 // Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -185,6 +186,33 @@ Tensor& ffn_down_q_out(KernelRuntimeContext& ctx, const Tensor& z, const Tensor&
   return out;
 }
 
+// out [m] float64 = sum_t (z_t / ||z_t||)^2 over the rows of z [T, m] float32, in float64, a zero row
+// contributing zero: GLASS's local statistic, defined by glass_ops/torch_ops.py normalised_square_sum.
+Tensor& normalised_square_sum_out(KernelRuntimeContext& ctx, const Tensor& z, Tensor& out) {
+  GLASS_CHECK(z.scalar_type() == ScalarType::Float && z.dim() == 2 && tensor_is_contiguous(z),
+              "glass::normalised_square_sum: z must be a contiguous float32 [T, m]");
+  GLASS_CHECK(out.scalar_type() == ScalarType::Double, "glass::normalised_square_sum: out must be float64");
+  const int64_t tokens = z.size(0), m = z.size(1);
+  const SizesType size = static_cast<SizesType>(m);
+  GLASS_CHECK(executorch::runtime::resize_tensor(out, {&size, 1}) == Error::Ok,
+              "glass::normalised_square_sum: cannot resize out");
+  double* sums = out.mutable_data_ptr<double>();
+  std::fill(sums, sums + m, 0.0);
+  const float* rows = z.const_data_ptr<float>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = rows + t * m;
+    double square = 0.0;
+    for (int64_t j = 0; j < m; ++j) square += static_cast<double>(row[j]) * row[j];
+    const double norm = std::sqrt(square);
+    if (norm == 0.0) continue;
+    for (int64_t j = 0; j < m; ++j) {
+      const double normed = row[j] / norm;
+      sums[j] += normed * normed;
+    }
+  }
+  return out;
+}
+
 #undef GLASS_CHECK
 
 }  // namespace glass_et
@@ -195,3 +223,4 @@ EXECUTORCH_LIBRARY(glass, "ffn_down.out", glass_et::ffn_down_out);
 EXECUTORCH_LIBRARY(glass, "gather_ffn_q.out", glass_et::gather_ffn_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up_q.out", glass_et::ffn_up_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down_q.out", glass_et::ffn_down_q_out);
+EXECUTORCH_LIBRARY(glass, "normalised_square_sum.out", glass_et::normalised_square_sum_out);
