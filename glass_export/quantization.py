@@ -8,8 +8,8 @@ rounded scale) stored unsigned with the implicit zero point Z = 8 (4-bit, two co
 nibble first) or 128 (8-bit), so that `weight = scale * (u - Z)`. The glass kernels hold the scales
 as float16, which takes a tenth off the bytes a sparse decode step streams; MatMulNBits reads the
 same float32 tensors, so the two agree exactly. That is MatMulNBits' layout
-`B [N, K / group, group * bits / 8]`, and the FFN's neuron-contiguous rows (gate/up rows of each neuron, W_down's columns) use the very same
-one, so the glass kernels and MatMulNBits read one copy.
+`B [N, K / group, group * bits / 8]`, and the FFN's neuron-contiguous rows (gate/up rows of each
+neuron, W_down's columns) use the very same one, so the glass kernels and MatMulNBits read one copy.
 
 Activations: with `accuracy_level` 4 (the default) every quantised matmul quantises its input per
 block to int8 first, as MLAS's CompInt8 path does for MatMulNBits (scale = amax / 127,

@@ -211,13 +211,12 @@ def test_executorch_local_statistic_matches_its_definition(executorch_kernels, t
     """glass::normalised_square_sum (the ExecuTorch prefill's float64 local statistic) against the one
     definition eager PyTorch uses, rows of every scale and an all-zero row included; within float64
     rounding, so the float32 scores GLASS ranks are the same."""
-    from glass_ops.torch_ops import normalised_square_sum
-
-    seq = torch.export.Dim("seq", min=1, max=64)
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from executorch.runtime import Runtime
+    from glass_ops.torch_ops import normalised_square_sum
 
+    seq = torch.export.Dim("seq", min=1, max=64)
     example = torch.randn(5, 96)
     program = to_edge_transform_and_lower(torch.export.export(LocalStatistic(), (example,), dynamic_shapes=({0: seq},)),
                                           partitioner=[XnnpackPartitioner()])

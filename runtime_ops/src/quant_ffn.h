@@ -60,16 +60,22 @@ using Half = _Float16;
 // A stored scale as the kernels read it: rounded to float16 (exact for exported weights).
 inline float scale_value(float s) { return static_cast<float>(static_cast<Half>(s)); }
 
+// One register of float16 scales as floats, where the translation unit's ISA converts them: 8 (F16C)
+// or 4 (arm64) lanes. The SIMD variants load their gate/up scales with it.
+#if defined(__F16C__)
+inline __m256 load_halves(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+constexpr int64_t kHalfLanes = 8;
+#elif defined(__aarch64__)
+inline float32x4_t load_halves(const Half* p) { return vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(p))); }
+constexpr int64_t kHalfLanes = 4;
+#endif
+
 // dst[0, n) = src[0, n) as floats, n a multiple of 8 (vectorised where the TU's ISA has a conversion).
 inline void halves_to_floats(const Half* src, int64_t n, float* dst) {
 #if defined(__F16C__)
-  for (int64_t i = 0; i < n; i += 8) {
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-  }
+  for (int64_t i = 0; i < n; i += kHalfLanes) _mm256_storeu_ps(dst + i, load_halves(src + i));
 #elif defined(__aarch64__)
-  for (int64_t i = 0; i < n; i += 4) {
-    vst1q_f32(dst + i, vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(src + i))));
-  }
+  for (int64_t i = 0; i < n; i += kHalfLanes) vst1q_f32(dst + i, load_halves(src + i));
 #else
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 #endif

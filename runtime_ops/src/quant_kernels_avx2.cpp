@@ -37,9 +37,6 @@ inline __m256i lane_dot8(__m256i codes, __m256i word) {
 
 inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-// 8 float16 scales as floats (F16C).
-inline __m256 load_halves(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-
 void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int64_t spb = pack.subs_per_block();
   const __m256i low = _mm256_set1_epi8(0x0F);

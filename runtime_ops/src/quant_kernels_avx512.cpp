@@ -16,8 +16,8 @@ namespace {
 
 // --- decode tiles (quant_decode.h) -----------------------------------------------------------
 
-// 16 float16 scales as floats.
-inline __m512 load_halves(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+// 16 float16 scales as floats (one zmm; quant_ffn.h's load_halves fills a ymm).
+inline __m512 load_halves16(const Half* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
 
 inline __m512i broadcast_word(const int8_t* p) {
   int32_t word;
@@ -59,7 +59,7 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
       const __m512 x_scale = _mm512_set1_ps(x.sub_scale[g * spb]);
       for (int half = 0; half < 2; ++half) {
         const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[half][0], acc[half][1]), zero);
-        const __m512 scale = _mm512_mul_ps(load_halves(pack.gate_up_scales(t, half, g)), x_scale);
+        const __m512 scale = _mm512_mul_ps(load_halves16(pack.gate_up_scales(t, half, g)), x_scale);
         sums[half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, sums[half]);
       }
     }

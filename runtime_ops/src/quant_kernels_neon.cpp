@@ -35,9 +35,6 @@ inline int32x4_t dot_s8(int32x4_t acc, int8x16_t a, int8x16_t b) {
 #endif
 }
 
-// 4 float16 scales as floats.
-inline float32x4_t load_halves(const Half* p) { return vcvt_f32_f16(vld1_f16(reinterpret_cast<const float16_t*>(p))); }
-
 inline int8x16_t signed8(const uint8_t* codes) { return vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes), vdupq_n_u8(0x80))); }
 
 // --- decode tiles (quant_decode.h) -----------------------------------------------------------
