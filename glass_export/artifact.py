@@ -27,6 +27,8 @@ PRIORS_NAME = "priors.safetensors"
 TARGET_FILES = {
     "onnx": {"prefill": "prefill.onnx", "decode": "decode.onnx", "weights": "model.onnx.data"},
     "executorch": {"program": "model.pte"},
+    "qnn": {"prefill": "prefill.onnx", "weights": "model.onnx.data", "decode": "decode.qdq.onnx",
+            "decode_weights": "decode.qdq.onnx.data"},
 }
 CHECKSUM_CHUNK = 1 << 20
 
@@ -124,8 +126,14 @@ class Manifest:
     def native_library(self) -> str | None:
         return self.runtime.get("native_library")
 
+    @property
+    def weights_description(self) -> str:
+        if self.target == "qnn":  # the recipe quantises its decode graph itself (runtime.decode_quantization)
+            return "fp32 prefill, QDQ decode (uint8 / uint16 weights, uint16 activations)"
+        return self.quant.describe()
+
     def describe(self) -> str:
-        return f"{self.target}, {self.selection.describe()}, k={self.k}/{self.m}, {self.quant.describe()}"
+        return f"{self.target}, {self.selection.describe()}, k={self.k}/{self.m}, {self.weights_description}"
 
     def to_json(self) -> dict:
         return {

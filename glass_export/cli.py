@@ -24,6 +24,7 @@ from . import __version__
 from .errors import GlassExportError
 from .models.adapter import SUPPORTED_MODEL_TYPES
 from .quantization import ACCURACY_LEVELS, GROUP_SIZES, WEIGHT_SCHEMES
+from .runtime.qnn_backend import HTP_ARCHS
 from .generation import DEFAULT_MIN_NEW_TOKENS
 from .prompts import SPLIT_CHOICES
 from .selection import DEFAULT_LAMBDA, METHODS, TUNE_LAMBDAS
@@ -358,15 +359,21 @@ class StepProgress:
 @selection_options
 @quant_options
 @click.option("--dense", is_flag=True, help="Export the dense twin (full FFN) through the same code path.")
-@click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx", "executorch"]),
-              help="onnx: prefill.onnx + decode.onnx; executorch: model.pte with prefill and decode methods.")
+@click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx", "executorch", "qnn"]),
+              help="onnx: prefill.onnx + decode.onnx; executorch: model.pte with prefill and decode methods; "
+                   "qnn: a static QDQ decode graph for ONNX Runtime's QNN execution provider (Qualcomm HTP), "
+                   "prefill on the CPU (needs onnxruntime-qnn).")
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Longest prompt + generation the artifact accepts.")
+@click.option("--htp-arch", default=None, type=click.Choice(HTP_ARCHS),
+              help="qnn: also compile the decode graph ahead of time into a QNN context binary for this Hexagon "
+                   "HTP version (e.g. 73: Snapdragon 8 Gen 2, 75: 8 Gen 3, 79: 8 Elite), so a phone loads it "
+                   "without compiling.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to create.")
 @FORCE_OPTION
 @friendly_errors
 def export(model_dir, priors, method, density, lam, seed, weights, group_size, accuracy_level, dense, target,
-           max_seq_len, out, force):
+           max_seq_len, htp_arch, out, force):
     """Export a two-graph GLASS artifact (prefill + sparse decode)."""
     from .export import check_request, export_artifact, export_steps
     from .selection import SelectionConfig
@@ -379,12 +386,17 @@ def export(model_dir, priors, method, density, lam, seed, weights, group_size, a
         loaded = load_priors(priors) if priors is not None and METHODS[method].takes_lambda else None
         config = SelectionConfig(method, density, chosen_lambda(method, density, lam, loaded, priors), seed)
     quant = quant_scheme(weights, group_size, accuracy_level)
-    check_request(target, quant, max_seq_len)
+    htp_arch = None if htp_arch is None else int(htp_arch)
+    check_request(target, quant, max_seq_len, htp_arch)
     with StepProgress(export_steps(target)) as progress:
-        manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, progress, quant)
+        manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, progress, quant,
+                                   htp_arch)
     runtime = manifest.runtime
     if target == "onnx":
         size = f"weights file {runtime['weights_bytes'] / 2**20:.2f} MiB (each tensor once)"
+    elif target == "qnn":
+        size = (f"prefill weights {runtime['weights_bytes'] / 2**20:.2f} MiB, QDQ decode weights "
+                f"{runtime['decode_weights_bytes'] / 2**20:.2f} MiB")
     else:
         size = (f"model.pte {runtime['pte_bytes'] / 2**20:.2f} MiB for {runtime['model_weight_bytes'] / 2**20:.2f} MiB "
                 f"of fp32 weights ({runtime['pte_bytes'] / runtime['model_weight_bytes']:.2f}x)")
@@ -447,7 +459,7 @@ def run_artifact(artifact: Path, prompt: str, max_new_tokens: int, threads, no_n
         prefill_rate = len(ids) / result.prefill_seconds if result.prefill_seconds > 0 else 0.0
         err_console.print(
             f"[dim]{backend.description}; {manifest.selection.describe()} k={manifest.k}/{manifest.m}, "
-            f"{manifest.quant.describe()}; prefill {len(ids)} tokens in {result.prefill_seconds * 1e3:.1f} ms "
+            f"{manifest.weights_description}; prefill {len(ids)} tokens in {result.prefill_seconds * 1e3:.1f} ms "
             f"({prefill_rate:.0f} tokens/s); decode {len(result.tokens)} tokens, "
             f"{result.decode_tokens_per_second:.1f} tokens/s"
             + ("; stopped at max_seq_len" if result.stopped_at_max_seq_len else "") + "[/]"
@@ -463,10 +475,11 @@ def run_artifact(artifact: Path, prompt: str, max_new_tokens: int, threads, no_n
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Greedy tokens to compare (at most what fits in the artifact's max_seq_len).")
 @click.option("--atol", default=None, type=click.FloatRange(min=0),
-              help="fp32 and float-activation artifacts: max abs logits and local-score difference [default: 1e-4].")
+              help="fp32 and float-activation artifacts (qnn: the prefill): max abs logits and local-score "
+                   "difference [default: 1e-4].")
 @click.option("--kl", default=None, type=click.FloatRange(min=0),
-              help="Artifacts with int8 activations: max mean KL(reference || artifact) of a prompt's next-token "
-                   "distributions [default: 0.05].")
+              help="Artifacts with int8 activations (qnn: the decode steps): max mean KL(reference || artifact) of a "
+                   "prompt's next-token distributions [default: 0.05; qnn: 0.1].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
 @friendly_errors

@@ -41,6 +41,8 @@ class ExportContext:
     max_seq_len: int
     out: Path  # the temporary directory to write into
     step: Step
+    tokenizer: object = None  # the model's tokenizer (qnn: the calibration prompts)
+    htp_arch: int | None = None  # qnn: also compile the decode graph into a QNN context binary for this HTP
 
 
 @dataclass
@@ -49,12 +51,13 @@ class RecipeOutput:
     runtime: dict  # the target's details (custom ops, native library, sizes)
     kv_storage: str  # how the KV cache travels between prefill and decode
     kv_layout: str = KV_HEADS_FIRST
+    files: dict | None = None  # role -> file name, when not the target's usual TARGET_FILES
 
 
 def recipes() -> dict:
-    from . import executorch_export, onnx_export
+    from . import executorch_export, onnx_export, qnn_export
 
-    return {"onnx": onnx_export, "executorch": executorch_export}
+    return {"onnx": onnx_export, "executorch": executorch_export, "qnn": qnn_export}
 
 
 COMMON_FIRST = ("loading model",)
@@ -73,9 +76,18 @@ def recipe_for(target: str):
     return table[target]
 
 
-def check_request(target: str, quant: QuantScheme, max_seq_len: int) -> None:
+def check_request(target: str, quant: QuantScheme, max_seq_len: int, htp_arch: int | None = None) -> None:
     """Refusals that need no model: before any loading."""
     recipe = recipe_for(target)
+    if htp_arch is not None:
+        from ..runtime.qnn_backend import QNN_REQUIREMENT, qnn_available
+
+        if target != "qnn":
+            raise GlassExportError(f"--htp-arch compiles for Qualcomm's HTP; --target {target} has no use for it",
+                                   "add --target qnn, or drop --htp-arch")
+        if not qnn_available():
+            raise GlassExportError("--htp-arch needs the QNN execution provider to compile the context binary",
+                                   f'pip install "{QNN_REQUIREMENT}" (or glass-export[npu])')
     if quant.weights not in recipe.WEIGHT_SCHEMES:
         raise GlassExportError(f"--target {target} cannot write --quant {quant.weights} weights",
                                f"choose one of: {', '.join(recipe.WEIGHT_SCHEMES)}")
@@ -86,7 +98,7 @@ def check_request(target: str, quant: QuantScheme, max_seq_len: int) -> None:
 
 def export_artifact(model_dir: Path, priors_path: Path | None, config: SelectionConfig, target: str, out: Path,
                     max_seq_len: int = 512, force: bool = False, step: Step = lambda _: None,
-                    quant: QuantScheme = QuantScheme()) -> Manifest:
+                    quant: QuantScheme = QuantScheme(), htp_arch: int | None = None) -> Manifest:
     """Load, export and write an artifact directory atomically; returns its manifest."""
     from ..eager import eos_token_ids
     from ..models import load_model, load_tokenizer, model_info
@@ -94,7 +106,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
     from ..priors import load_priors
     from ..selection import ranks
 
-    check_request(target, quant, max_seq_len)
+    check_request(target, quant, max_seq_len, htp_arch)
     if config.prior_name is not None and priors_path is None:
         raise GlassExportError(f"method {config.method} needs global priors", "pass --priors from `glass-export calibrate`")
     inputs = [Path(model_dir)] + ([Path(priors_path)] if priors_path is not None else [])
@@ -117,7 +129,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
     with plan.directory() as tmp:
         context = ExportContext(model, info, config, quant, priors,
                                 ranks(priors.tensor(config.prior_name)) if priors is not None else None,
-                                max_seq_len, tmp, step)
+                                max_seq_len, tmp, step, tokenizer, htp_arch)
         output = recipe.export(context)
         step("writing manifest and tokenizer")
         if priors is not None:
@@ -126,7 +138,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
             target=target, model=info, selection=config, quant=quant, max_seq_len=max_seq_len,
             kv=KVLayout.of(model.config, output.kv_storage, output.kv_layout),
             tokenizer=TokenizerInfo.save(tokenizer, tmp, eos_token_ids(model, tokenizer)),
-            files=dict(TARGET_FILES[target]), graphs=output.graphs, runtime=output.runtime,
+            files=output.files or dict(TARGET_FILES[target]), graphs=output.graphs, runtime=output.runtime,
             priors=None if priors is None else {"file": PRIORS_NAME, "tokens": priors.tokens, "corpus": priors.corpus},
         )
         manifest.record_checksums(tmp)

@@ -466,15 +466,21 @@ INLINE_LIMIT = 1024  # bytes: smaller tensors stay inside the graph file, as onn
 def write_graphs(plan: GraphPlan, directory, files: dict[str, str], data_name: str) -> dict:
     """Build both graphs and write them with one shared weights file, each tensor once.
 
-    files: {"prefill": file name, "decode": file name}. Returns byte counts, node counts and the glass ops
-    used, for the manifest.
+    files: {"prefill": file name, "decode": file name}, or one of them alone. Returns byte counts, node
+    counts and the glass ops used, for the manifest.
     """
+    weights = WeightStore()
+    builders = {"prefill": lambda: DecoderGraph(plan, weights, "prefill").build_prefill(),
+                "decode": lambda: DecoderGraph(plan, weights, "decode").build_decode()}
+    return save_graphs({role: builders[role]() for role in files}, weights, directory, files, data_name)
+
+
+def save_graphs(graphs: dict[str, DecoderGraph], weights: WeightStore, directory, files: dict[str, str],
+                data_name: str) -> dict:
+    """Write built graphs (role -> graph) into files[role], their large initializers once into data_name."""
     from pathlib import Path
 
     directory = Path(directory)
-    weights = WeightStore()
-    graphs = {"prefill": DecoderGraph(plan, weights, "prefill").build_prefill(),
-              "decode": DecoderGraph(plan, weights, "decode").build_decode()}
     offsets: dict[str, tuple[int, int]] = {}
     referenced = 0
     with open(directory / data_name, "wb") as data:

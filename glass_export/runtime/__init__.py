@@ -23,6 +23,10 @@ def open_artifact(directory: str | Path, use_native: bool = True, threads: int |
         from .onnx_backend import OnnxBackend
 
         return OnnxBackend(directory, manifest, use_native=use_native, threads=threads)
+    if manifest.target == "qnn":
+        from .qnn_backend import QnnBackend
+
+        return QnnBackend.open(directory, manifest, threads=threads)
     from .executorch_backend import ExecuTorchBackend
 
     return ExecuTorchBackend(directory, manifest, use_native=use_native, threads=threads)

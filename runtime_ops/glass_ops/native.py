@@ -90,21 +90,24 @@ def quant_kernels_name() -> str:
 
 
 @contextlib.contextmanager
-def native_log_silenced():
-    """Send the process's stderr (file descriptor 2) to /dev/null for the block, unless the user
-    asked for --verbose (GLASS_VERBOSE=1)."""
+def native_log_silenced(descriptors: tuple[int, ...] = (2,)):
+    """Send the process's stderr (file descriptor 2; or the descriptors given) to /dev/null for the
+    block, unless the user asked for --verbose (GLASS_VERBOSE=1)."""
     if os.environ.get("GLASS_VERBOSE") == "1":
         yield
         return
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = [os.dup(fd) for fd in descriptors]
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, 2)
+        for fd in descriptors:
+            os.dup2(devnull, fd)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in zip(descriptors, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
         os.close(devnull)
 
 
