@@ -28,7 +28,7 @@ TARGET_FILES = {
     "onnx": {"prefill": "prefill.onnx", "decode": "decode.onnx", "weights": "model.onnx.data"},
     "executorch": {"program": "model.pte"},
     "qnn": {"prefill": "prefill.onnx", "weights": "model.onnx.data", "decode": "decode.qdq.onnx",
-            "decode_weights": "decode.qdq.onnx.data"},
+            "decode_weights": "decode.qdq.onnx.data", "activation_ranges": "decode.activation_ranges.json"},
 }
 CHECKSUM_CHUNK = 1 << 20
 

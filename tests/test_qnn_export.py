@@ -89,6 +89,8 @@ def test_qnn_artifact_verifies_on_the_htp_without_cpu_fallback(family, tokenizer
     assert {"QuantizeLinear", "DequantizeLinear", "Gather", "MatMul"} <= ops
     assert all(node.domain in ("", "ai.onnx") for node in decode.graph.node), "stock operators only"
     assert manifest.runtime["calibration"]["decode_steps"] > 0
+    ranges = json.loads((root / "art" / manifest.files["activation_ranges"]).read_text())["data"]
+    assert "logits" in ranges and manifest.files["activation_ranges"] in manifest.checksums
     report = verify_artifact(root / "art", root / "model", PROMPTS, STEPS)
     assert report["tolerance"]["mode"] == "quantised decode"
     assert report["passed"], json.dumps(report["prompts"], indent=1)[:4000]

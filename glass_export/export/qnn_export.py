@@ -153,6 +153,7 @@ def export(ctx: ExportContext) -> RecipeOutput:
 
     ctx.step("quantising decode graph (QDQ)")
     quantize_decode(scratch / FLOAT_DECODE, ctx.out / FILES["decode"], feeds, scratch)
+    shutil.move(scratch / "activation_ranges.json", ctx.out / FILES["activation_ranges"])  # kept: provenance
     shutil.rmtree(scratch)
     produced = ctx.out / (FILES["decode"] + ".data")
     if produced.name != FILES["decode_weights"]:
@@ -212,7 +213,9 @@ def export(ctx: ExportContext) -> RecipeOutput:
         "qnn_package": "onnxruntime-qnn 2.7.0 (a plugin execution provider for onnxruntime >= 1.24.2)",
         "decode_quantization": QDQ_DESCRIPTION,
         "calibration": {"prompts": f"the shipped instructions' tune half, first {CALIBRATION_PROMPTS}",
-                        "decode_steps": len(feeds)},
+                        "decode_steps": len(feeds),
+                        "activation_ranges": f"{FILES['activation_ranges']} (onnxruntime.quantization's calibration "
+                                             f"cache: every tensor's range, widened {RANGE_MARGIN:g}x)"},
         "operators": "stock ONNX operators only in decode (Gather of the kept rows + MatMul for the FFN)",
         "custom_ops": [],
         "weights_bytes": prefill_stats["bytes_written"],

@@ -23,13 +23,13 @@ The graph is float32; qnn_export.py quantises it (QDQ) with activation ranges fr
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from .onnx_graph import DecoderGraph, GraphPlan, WeightStore
 
 
 # What a masked slot's attention score becomes: exp(-64) ~ 1e-28 of an unmasked slot with score 0, and
-# a range the activation quantiser resolves (a -1e9 bias would make every score's uint16 step ~3e4).
+# a range the activation quantiser resolves (a -1e9 bias would make every score's uint16 step ~1.5e4).
 MASKED_SCORE = 64.0
 
 
@@ -73,7 +73,7 @@ class StaticDecodeGraph(DecoderGraph):
 
     # --- attention --------------------------------------------------------------------------------
 
-    def rotary(self, x: str, heads: int, table: str) -> str:
+    def rotary(self, x: str, table: str) -> str:
         """Rotate-half rotary of x [1, heads, 1, head_dim] at this step's position."""
         spec, g = self.spec, self.g
         cos_table, sin_table = (np.concatenate([t, t], axis=-1) for t in spec.rotary_cache(table, self.plan.max_seq_len))
@@ -107,8 +107,8 @@ class StaticDecodeGraph(DecoderGraph):
         if lw.q_norm is not None:
             q = self.head_norm(q, spec.num_heads, lw.q_norm, f"{prefix}.q_norm")
             k = self.head_norm(k, spec.num_kv_heads, lw.k_norm, f"{prefix}.k_norm")
-        q = self.rotary(self.heads(q, spec.num_heads), spec.num_heads, lw.rotary)
-        k = self.rotary(self.heads(k, spec.num_kv_heads), spec.num_kv_heads, lw.rotary)
+        q = self.rotary(self.heads(q, spec.num_heads), lw.rotary)
+        k = self.rotary(self.heads(k, spec.num_kv_heads), lw.rotary)
         v = self.heads(v, spec.num_kv_heads)
         g.op("Identity", [k], [present[0]])
         g.op("Identity", [v], [present[1]])
@@ -142,7 +142,7 @@ class StaticDecodeGraph(DecoderGraph):
         return g.op("MatMul", [z, g.op("Gather", [down_t, idx], axis=0)])  # [1, 1, d]
 
     def dense_ffn(self, layer: int, h: str, record: bool) -> str:
-        """The dense twin's FFN: stock MatMuls over [d, m] / [m, d] weights."""
+        """The dense twin's FFN: the full gate, up and down projections (1x1 Convs, as every projection)."""
         ffn = self.spec.layers[layer].ffn
         prefix = f"layers.{layer}.mlp"
         gate = self.linear(h, f"{prefix}.gate_proj", ffn.gate.detach().float().numpy())
@@ -168,12 +168,6 @@ class StaticDecodeGraph(DecoderGraph):
         g.add_output(logits, "logits", TensorProto.FLOAT, [1, 1, spec.vocab_size])
         for layer in range(plan.num_layers):
             for kind in ("key", "value"):
-                g.outputs.append(self._value_info(f"present.{layer}.{kind}",
-                                                  [1, spec.num_kv_heads, 1, spec.head_dim]))
+                g.outputs.append(helper.make_tensor_value_info(f"present.{layer}.{kind}", TensorProto.FLOAT,
+                                                               [1, spec.num_kv_heads, 1, spec.head_dim]))
         return self
-
-    @staticmethod
-    def _value_info(name: str, shape):
-        from onnx import helper
-
-        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
