@@ -189,17 +189,22 @@ class DecoderGraph:
         return x
 
     def lm_head(self, h: str) -> str:
+        logits = self.lm_head_logits(h)
+        return self.soft_cap(logits, self.spec.final_logit_softcap) if self.spec.final_logit_softcap else logits
+
+    def lm_head_logits(self, h: str) -> str:
+        """h . lm_head^T, before any soft-capping; a tied fp32 head reads the embedding tensor itself."""
         spec = self.spec
         weight = spec.embedding if spec.tied else spec.lm_head
         if spec.tied and not self.quant.quantized:
-            logits = self.g.op("MatMul", [h, self.g.op("Transpose", [self.g.weight("embed_tokens.weight", weight)],
-                                                        perm=[1, 0])])
-        else:
-            logits = self.linear(h, "lm_head", weight)
-        if spec.final_logit_softcap:
-            cap = self.g.const(spec.final_logit_softcap, np.float32)
-            logits = self.g.op("Mul", [self.g.op("Tanh", [self.g.op("Div", [logits, cap])]), cap])
-        return logits
+            return self.g.op("MatMul", [h, self.g.op("Transpose", [self.g.weight("embed_tokens.weight", weight)],
+                                                      perm=[1, 0])])
+        return self.linear(h, "lm_head", weight)
+
+    def soft_cap(self, x: str, cap: float) -> str:
+        """cap * tanh(x / cap)"""
+        value = self.g.const(cap, np.float32)
+        return self.g.op("Mul", [self.g.op("Tanh", [self.g.op("Div", [x, value])]), value])
 
     # --- norms and attention --------------------------------------------------------------------
 

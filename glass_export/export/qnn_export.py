@@ -5,9 +5,10 @@
   sort, so it stays on the CPU; the dense prompt pass moving to the HTP needs fixed prompt buckets
   (not built yet).
 - decode.qdq.onnx + decode.qdq.onnx.data: qnn_graph.StaticDecodeGraph, quantised to QDQ with ONNX
-  Runtime's QNN recipe (onnxruntime.quantization's get_qnn_qdq_config; QDQ_DESCRIPTION). Its activation ranges come from calibration: the float graph decodes prompts of the
-  shipped instructions' tune half on the CPU (chat-templated when the tokenizer has a template), and
-  every step's inputs are the calibration data.
+  Runtime's QNN recipe (onnxruntime.quantization's get_qnn_qdq_config; QDQ_DESCRIPTION). Its
+  activation ranges come from calibration: the float graph decodes prompts of the shipped
+  instructions' tune half on the CPU (chat-templated when the tokenizer has a template), and every
+  step's inputs are the calibration data.
 - The export loads the QDQ decode graph on the HTP backend with CPU fallback disabled, when
   onnxruntime-qnn is installed, and records where its nodes ran.
 """
@@ -29,7 +30,7 @@ from .qnn_graph import StaticDecodeGraph
 
 STEPS = ("building prefill graph", "building decode graph", "calibrating decode activations",
          "quantising decode graph (QDQ)", "loading decode graph on the HTP", "compiling the QNN context binary")
-WEIGHT_SCHEMES = ("fp32", "int8", "int4")
+WEIGHT_SCHEMES = ("fp32", "int8", "int4")  # accepted here so check_quant can say why --quant does not apply
 FILES = TARGET_FILES["qnn"]
 CONTEXT_FILE = "decode.ctx.onnx"  # with --htp-arch: the decode graph precompiled for that HTP
 FLOAT_DECODE = "decode.float.onnx"  # the graph before quantisation, in a scratch directory
@@ -226,6 +227,6 @@ def export(ctx: ExportContext) -> RecipeOutput:
                               "embedding the QNN context binary); runners load it instead of compiling"}
            if ctx.htp_arch is not None else {}),
     }
-    return RecipeOutput(graphs, runtime, files=files, kv_storage="host arrays of max_seq_len positions per layer and kind: prefill "
-                                                    "writes them in place, decode reads them whole and returns its new "
-                                                    "position")
+    kv_storage = ("host arrays of max_seq_len positions per layer and kind: prefill writes them in place, decode "
+                  "reads them whole and returns its new position")
+    return RecipeOutput(graphs, runtime, files=files, kv_storage=kv_storage)

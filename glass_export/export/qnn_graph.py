@@ -56,14 +56,10 @@ class StaticDecodeGraph(DecoderGraph):
             inputs.append(g.weight(f"{name}.bias", bias))
         return g.op("Reshape", [g.op("Conv", inputs), g.const([1, 1, n])])
 
-    def lm_head(self, h: str) -> str:
+    def lm_head_logits(self, h: str) -> str:
+        """Tied or not, the head is its own per-channel Conv weight (a shared tensor would be a runtime Transpose)."""
         spec = self.spec
-        weight = spec.embedding if spec.tied else spec.lm_head
-        logits = self.linear(h, "lm_head", weight)
-        if spec.final_logit_softcap:
-            cap = self.g.const(spec.final_logit_softcap, np.float32)
-            logits = self.g.op("Mul", [self.g.op("Tanh", [self.g.op("Div", [logits, cap])]), cap])
-        return logits
+        return self.linear(h, "lm_head", spec.embedding if spec.tied else spec.lm_head)
 
     # --- norms ------------------------------------------------------------------------------------
 
@@ -76,11 +72,11 @@ class StaticDecodeGraph(DecoderGraph):
     def rotary(self, x: str, table: str) -> str:
         """Rotate-half rotary of x [1, heads, 1, head_dim] at this step's position."""
         spec, g = self.spec, self.g
-        cos_table, sin_table = (np.concatenate([t, t], axis=-1) for t in spec.rotary_cache(table, self.plan.max_seq_len))
-        cos = g.op("Gather", [g.weight(f"rotary.{table}.cos_full.{self.plan.max_seq_len}", cos_table), self.position],
-                   axis=0)  # [1, 1, rotary_dim]
-        sin = g.op("Gather", [g.weight(f"rotary.{table}.sin_full.{self.plan.max_seq_len}", sin_table), self.position],
-                   axis=0)
+        names = [f"rotary.{table}.{kind}_full.{self.plan.max_seq_len}" for kind in ("cos", "sin")]
+        if names[0] not in g.weights.arrays:  # built once per table, read by every layer's q and k
+            for name, half_table in zip(names, spec.rotary_cache(table, self.plan.max_seq_len)):
+                g.weight(name, np.concatenate([half_table, half_table], axis=-1))
+        cos, sin = (g.op("Gather", [g.weight(name), self.position], axis=0) for name in names)  # [1, 1, rotary_dim]
         half = spec.rotary_dim // 2
         rest = spec.head_dim - spec.rotary_dim
         if rest:
@@ -120,8 +116,7 @@ class StaticDecodeGraph(DecoderGraph):
         scores = g.op("MatMul", [q, g.op("Transpose", [keys], perm=[0, 1, 3, 2])])
         scores = g.op("Mul", [scores, g.const(spec.attention_scale, np.float32)])
         if spec.attention_softcap:
-            cap = g.const(spec.attention_softcap, np.float32)
-            scores = g.op("Mul", [g.op("Tanh", [g.op("Div", [scores, cap])]), cap])
+            scores = self.soft_cap(scores, spec.attention_softcap)
         probs = g.op("Softmax", [g.op("Add", [scores, self.bias])], axis=-1)
         out = g.op("MatMul", [probs, values])  # [1, kv_heads, group, head_dim]
         out = g.op("Reshape", [out, g.const([1, 1, q_size])])
