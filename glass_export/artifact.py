@@ -27,8 +27,9 @@ PRIORS_NAME = "priors.safetensors"
 TARGET_FILES = {
     "onnx": {"prefill": "prefill.onnx", "decode": "decode.onnx", "weights": "model.onnx.data"},
     "executorch": {"program": "model.pte"},
-    "qnn": {"prefill": "prefill.onnx", "weights": "model.onnx.data", "decode": "decode.qdq.onnx",
-            "decode_weights": "decode.qdq.onnx.data", "activation_ranges": "decode.activation_ranges.json"},
+    # and prefill.T.qdq.onnx per prompt bucket T (export.qnn_export)
+    "qnn": {"select": "select.onnx", "decode": "decode.qdq.onnx", "weights": "model.qdq.onnx.data",
+            "activation_ranges": "activation_ranges.json"},
 }
 CHECKSUM_CHUNK = 1 << 20
 
@@ -128,8 +129,8 @@ class Manifest:
 
     @property
     def weights_description(self) -> str:
-        if self.target == "qnn":  # the recipe quantises its decode graph itself (runtime.decode_quantization)
-            return "fp32 prefill, QDQ decode (uint8 / uint16 weights, uint16 activations)"
+        if self.target == "qnn":  # the recipe quantises its graphs itself (runtime.quantization)
+            return "QDQ (uint8 / uint16 weights, uint16 activations)"
         return self.quant.describe()
 
     def describe(self) -> str:

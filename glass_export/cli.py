@@ -96,6 +96,23 @@ def friendly_errors(func):
     return wrapper
 
 
+def comma_list(kind):
+    """A click callback parsing "a,b,c" into a list of kind."""
+
+    def parse(_ctx, param, value):
+        if value is None:
+            return None
+        try:
+            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from exc
+        if not items:
+            raise click.BadParameter("the list is empty")
+        return items
+
+    return parse
+
+
 DENSITY = click.FloatRange(0.0, 1.0, min_open=True)
 LAMBDA = click.FloatRange(0.0, 1.0)
 MODEL_DIR = click.Path(path_type=Path)
@@ -361,19 +378,22 @@ class StepProgress:
 @click.option("--dense", is_flag=True, help="Export the dense twin (full FFN) through the same code path.")
 @click.option("--target", default="onnx", show_default=True, type=click.Choice(["onnx", "executorch", "qnn"]),
               help="onnx: prefill.onnx + decode.onnx; executorch: model.pte with prefill and decode methods; "
-                   "qnn: a static QDQ decode graph for ONNX Runtime's QNN execution provider (Qualcomm HTP), "
-                   "prefill on the CPU (needs onnxruntime-qnn).")
+                   "qnn: static QDQ prefill (per prompt bucket) and decode graphs for ONNX Runtime's QNN "
+                   "execution provider (Qualcomm HTP), the selection on the CPU (needs onnxruntime-qnn).")
 @click.option("--max-seq-len", default=512, show_default=True, type=click.IntRange(min=2),
               help="Longest prompt + generation the artifact accepts.")
 @click.option("--htp-arch", default=None, type=click.Choice(HTP_ARCHS),
-              help="qnn: also compile the decode graph ahead of time into a QNN context binary for this Hexagon "
-                   "HTP version (e.g. 73: Snapdragon 8 Gen 2, 75: 8 Gen 3, 79: 8 Elite), so a phone loads it "
+              help="qnn: also compile the graphs ahead of time into QNN context binaries for this Hexagon "
+                   "HTP version (e.g. 73: Snapdragon 8 Gen 2, 75: 8 Gen 3, 79: 8 Elite), so a phone loads them "
                    "without compiling.")
+@click.option("--prefill-buckets", default=None, callback=comma_list(int),
+              help="qnn: the prompt lengths of the static prefill graphs, comma-separated (a prompt runs in the "
+                   "smallest that holds it, padded) [default: 64,256, each at most max-seq-len - 1].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to create.")
 @FORCE_OPTION
 @friendly_errors
 def export(model_dir, priors, method, density, lam, seed, weights, group_size, accuracy_level, dense, target,
-           max_seq_len, htp_arch, out, force):
+           max_seq_len, htp_arch, prefill_buckets, out, force):
     """Export a two-graph GLASS artifact (prefill + sparse decode)."""
     from .export import check_request, export_artifact, export_steps
     from .selection import SelectionConfig
@@ -387,16 +407,17 @@ def export(model_dir, priors, method, density, lam, seed, weights, group_size, a
         config = SelectionConfig(method, density, chosen_lambda(method, density, lam, loaded, priors), seed)
     quant = quant_scheme(weights, group_size, accuracy_level)
     htp_arch = None if htp_arch is None else int(htp_arch)
-    check_request(target, quant, max_seq_len, htp_arch)
+    prefill_buckets = None if prefill_buckets is None else tuple(prefill_buckets)
+    check_request(target, quant, max_seq_len, htp_arch, prefill_buckets)
     with StepProgress(export_steps(target)) as progress:
         manifest = export_artifact(model_dir, priors, config, target, out, max_seq_len, force, progress, quant,
-                                   htp_arch)
+                                   htp_arch, prefill_buckets)
     runtime = manifest.runtime
     if target == "onnx":
         size = f"weights file {runtime['weights_bytes'] / 2**20:.2f} MiB (each tensor once)"
     elif target == "qnn":
-        size = (f"prefill weights {runtime['weights_bytes'] / 2**20:.2f} MiB, QDQ decode weights "
-                f"{runtime['decode_weights_bytes'] / 2**20:.2f} MiB")
+        size = (f"prefill buckets {', '.join(map(str, runtime['prefill_buckets']))}, QDQ weights "
+                f"{runtime['weights_bytes'] / 2**20:.2f} MiB (each distinct tensor once)")
     else:
         size = (f"model.pte {runtime['pte_bytes'] / 2**20:.2f} MiB for {runtime['model_weight_bytes'] / 2**20:.2f} MiB "
                 f"of fp32 weights ({runtime['pte_bytes'] / runtime['model_weight_bytes']:.2f}x)")
@@ -475,10 +496,10 @@ def run_artifact(artifact: Path, prompt: str, max_new_tokens: int, threads, no_n
 @click.option("--steps", default=32, show_default=True, type=click.IntRange(min=1),
               help="Greedy tokens to compare (at most what fits in the artifact's max_seq_len).")
 @click.option("--atol", default=None, type=click.FloatRange(min=0),
-              help="fp32 and float-activation artifacts (qnn: the prefill): max abs logits and local-score "
-                   "difference [default: 1e-4].")
+              help="fp32 and float-activation artifacts: max abs logits and local-score difference "
+                   "[default: 1e-4].")
 @click.option("--kl", default=None, type=click.FloatRange(min=0),
-              help="Artifacts with int8 activations (qnn: the decode steps): max mean KL(reference || artifact) of a "
+              help="Artifacts with int8 activations, and qnn's QDQ ones: max mean KL(reference || artifact) of a "
                    "prompt's next-token distributions [default: 0.05; qnn: 0.1].")
 @click.option("--no-native", is_flag=True, help="Do not load the native op library (verify the fallback).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
@@ -531,23 +552,6 @@ def print_verify_table(report: dict) -> None:
     summary = ", ".join(f"{n} {v}" for v, n in report["selection_summary"].items() if n)
     console.print(f"{report['runs_on']}; kept sets: {summary}; {report['tolerance']['describe']}: "
                   + ("[green]passed[/]" if report["passed"] else "[red]failed[/]"))
-
-
-def comma_list(kind):
-    """A click callback parsing "a,b,c" into a list of kind."""
-
-    def parse(_ctx, param, value):
-        if value is None:
-            return None
-        try:
-            items = [kind(v.strip()) for v in value.split(",") if v.strip()]
-        except ValueError as exc:
-            raise click.BadParameter(f"{value!r} is not a comma-separated list of {kind.__name__}") from exc
-        if not items:
-            raise click.BadParameter("the list is empty")
-        return items
-
-    return parse
 
 
 def lambda_list(_ctx, param, value):

@@ -27,13 +27,16 @@ How close is close depends on the scheme:
   more than 1). So each prompt's mean KL(reference || artifact) over its prefill positions and decode
   steps must stay within `kl` (default 0.05), no single position beyond 10 x `kl`, and the local
   scores within 10 % of each layer's largest.
-- *quantised decode* (the qnn target: float prefill on the CPU, QDQ decode on the HTP): the prefill
-  logits and local scores within `atol`, the kept sets as in *exact*, and the decode steps' mean KL
-  within `kl` (default 0.1; no step beyond 10 x `kl`). The reference is the float model, so this is
-  the quantisation's own error: uint8 projection weights per channel, uint16 activations. Measured
-  0.0001-0.0007 on the tiny test models and 0.04-0.05 on SmolLM2-135M (30 layers; logits up to 3-4
-  apart on a step), where per-tensor projection weights gave 0.09-0.15 and unwidened activation
-  ranges up to 0.9 on a tiny model: such bugs land above the bound.
+  The qnn target's QDQ graphs (uint8 projection weights per channel, uint16 activations, on the HTP)
+  are held to the same checks with `kl` 0.1 by default (QDQ_KL): the reference is the float model, so
+  this is the quantisation's own error. Measured 0.0001-0.0007 on the tiny test models (decode only)
+  and 0.04-0.05 on SmolLM2-135M (30 layers; logits up to 3-4 apart on a step), where per-tensor
+  projection weights gave 0.09-0.15 and unwidened activation ranges up to 0.9 on a tiny model: such
+  bugs land above the bound. Its prefill returns the logits of the prompt's last token only, so
+  that is the prefill position compared. Its local scores are the HTP's (uint16 squares summed over
+  the prompt), within 25 % of each layer's largest (QDQ_LOCAL_RTOL): measured 2-3 % on the tiny
+  models and 17 % on SmolLM2 (a 6-token prompt), where 2 % of the kept neurons swapped at the top-k
+  boundary; the kept set must still be what the selection makes of the artifact's own scores.
 """
 
 from __future__ import annotations
@@ -53,40 +56,39 @@ from .runtime import artifact_tokenizer, open_artifact
 SELECTION_VERDICTS = ("identical", "ties only", "mismatch")
 EXACT_ATOL = 1e-4
 INT8_KL = 0.05  # a prompt's mean KL(reference || artifact); one position may reach KL_PEAK x this
-QDQ_DECODE_KL = 0.1  # the same for a qnn artifact's decode steps (module docstring)
+QDQ_KL = 0.1  # the same for a qnn artifact's QDQ graphs (module docstring)
 KL_PEAK = 10.0
 INT8_LOCAL_RTOL = 0.1  # local scores, relative to each layer's largest
+QDQ_LOCAL_RTOL = 0.25  # the same for qnn's uint16 local scores (module docstring)
 
 
 @dataclass(frozen=True)
 class Tolerance:
     """How close an artifact must come to its eager reference (module docstring)."""
 
-    mode: str  # "exact" | "distribution" | "quantised decode"
-    atol: float | None = None  # exact, quantised decode: logits (decode: prefill only) and local scores
-    kl: float | None = None  # distribution, quantised decode: mean KL a prompt (quantised decode: its steps)
+    mode: str  # "exact" | "distribution"
+    atol: float | None = None  # exact: logits and local scores
+    kl: float | None = None  # distribution: mean KL a prompt
+    local_rtol: float | None = None  # distribution: local scores, relative to each layer's largest
 
     @classmethod
     def for_artifact(cls, manifest, atol: float | None = None, kl: float | None = None) -> "Tolerance":
-        atol = EXACT_ATOL if atol is None else atol
         if manifest.target == "qnn":
-            return cls("quantised decode", atol=atol, kl=QDQ_DECODE_KL if kl is None else kl)
+            return cls("distribution", kl=QDQ_KL if kl is None else kl, local_rtol=QDQ_LOCAL_RTOL)
         if manifest.quant.int8_activations:
-            return cls("distribution", kl=INT8_KL if kl is None else kl)
-        return cls("exact", atol=atol)
+            return cls("distribution", kl=INT8_KL if kl is None else kl, local_rtol=INT8_LOCAL_RTOL)
+        return cls("exact", atol=EXACT_ATOL if atol is None else atol)
 
     def local_bounds(self, local_want: np.ndarray) -> np.ndarray:
         """Per layer, how far a local score may be from eager's."""
         if self.mode == "distribution":
-            return INT8_LOCAL_RTOL * np.abs(local_want).max(axis=-1)
+            return self.local_rtol * np.abs(local_want).max(axis=-1)
         return np.full(local_want.shape[0], self.atol)
 
     def describe(self) -> str:
         if self.mode == "exact":
             return f"atol {self.atol:g}"
-        if self.mode == "distribution":
-            return f"mean KL <= {self.kl:g}"
-        return f"prefill atol {self.atol:g}, decode mean KL <= {self.kl:g}"
+        return f"mean KL <= {self.kl:g}"
 
 
 @dataclass
@@ -204,16 +206,16 @@ def verify_artifact(artifact: Path, model_dir: Path, prompts: list[str], steps: 
         verdict, differing, swaps = classify_selection(got.indices, want.indices, own, got.local_scores,
                                                        want.local_scores, bounds, positions)
         local_diff = np.abs(got.local_scores - want.local_scores).max(axis=-1)
+        want_prefill = want.logits[-len(got.prefill_logits):]  # the positions the artifact returns (qnn: the last)
         report = PromptReport(
             prompt=prompt, prompt_tokens=len(ids),
-            prefill_max_abs_diff=float(np.abs(got.prefill_logits - want.logits).max()),
+            prefill_max_abs_diff=float(np.abs(got.prefill_logits - want_prefill).max()),
             local_scores_max_abs_diff=float(local_diff.max()),
             local_scores_max_rel_diff=float((local_diff / np.maximum(np.abs(want.local_scores).max(axis=-1), 1e-30)).max()),
             selection=verdict, indices_differing=differing, swaps=swaps, tokens_expected=expected,
         )
         step_kls = compare_decode(report, got, want.logits[-1], eager)
-        kls = step_kls if tolerance.mode == "quantised decode" else [
-            *kl_divergence(want.logits, got.prefill_logits).tolist(), *step_kls]
+        kls = [*kl_divergence(want_prefill, got.prefill_logits).tolist(), *step_kls]
         report.kl_mean, report.kl_max = float(np.mean(kls)), float(np.max(kls))
         if report.tokens_compared != expected and report.first_token_mismatch is None:
             report.first_token_mismatch = report.tokens_compared

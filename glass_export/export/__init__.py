@@ -42,7 +42,8 @@ class ExportContext:
     out: Path  # the temporary directory to write into
     step: Step
     tokenizer: object = None  # the model's tokenizer (qnn: the calibration prompts)
-    htp_arch: int | None = None  # qnn: also compile the decode graph into a QNN context binary for this HTP
+    htp_arch: int | None = None  # qnn: also compile the graphs into QNN context binaries for this HTP
+    prefill_buckets: tuple[int, ...] | None = None  # qnn: the prompt buckets (None: the recipe's defaults)
 
 
 @dataclass
@@ -76,9 +77,15 @@ def recipe_for(target: str):
     return table[target]
 
 
-def check_request(target: str, quant: QuantScheme, max_seq_len: int, htp_arch: int | None = None) -> None:
+def check_request(target: str, quant: QuantScheme, max_seq_len: int, htp_arch: int | None = None,
+                  prefill_buckets: tuple[int, ...] | None = None) -> None:
     """Refusals that need no model: before any loading."""
     recipe = recipe_for(target)
+    if prefill_buckets is not None:
+        if target != "qnn":
+            raise GlassExportError(f"--prefill-buckets sizes the NPU's static prefill graphs; --target {target} "
+                                   "takes prompts of any length", "add --target qnn, or drop --prefill-buckets")
+        recipe.prefill_buckets(prefill_buckets, max_seq_len)
     if htp_arch is not None:
         from ..runtime.qnn_backend import QNN_REQUIREMENT, qnn_available
 
@@ -98,7 +105,8 @@ def check_request(target: str, quant: QuantScheme, max_seq_len: int, htp_arch: i
 
 def export_artifact(model_dir: Path, priors_path: Path | None, config: SelectionConfig, target: str, out: Path,
                     max_seq_len: int = 512, force: bool = False, step: Step = lambda _: None,
-                    quant: QuantScheme = QuantScheme(), htp_arch: int | None = None) -> Manifest:
+                    quant: QuantScheme = QuantScheme(), htp_arch: int | None = None,
+                    prefill_buckets: tuple[int, ...] | None = None) -> Manifest:
     """Load, export and write an artifact directory atomically; returns its manifest."""
     from ..eager import eos_token_ids
     from ..models import load_model, load_tokenizer, model_info
@@ -106,7 +114,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
     from ..priors import load_priors
     from ..selection import ranks
 
-    check_request(target, quant, max_seq_len, htp_arch)
+    check_request(target, quant, max_seq_len, htp_arch, prefill_buckets)
     if config.prior_name is not None and priors_path is None:
         raise GlassExportError(f"method {config.method} needs global priors", "pass --priors from `glass-export calibrate`")
     inputs = [Path(model_dir)] + ([Path(priors_path)] if priors_path is not None else [])
@@ -129,7 +137,7 @@ def export_artifact(model_dir: Path, priors_path: Path | None, config: Selection
     with plan.directory() as tmp:
         context = ExportContext(model, info, config, quant, priors,
                                 ranks(priors.tensor(config.prior_name)) if priors is not None else None,
-                                max_seq_len, tmp, step, tokenizer, htp_arch)
+                                max_seq_len, tmp, step, tokenizer, htp_arch, prefill_buckets)
         output = recipe.export(context)
         step("writing manifest and tokenizer")
         if priors is not None:

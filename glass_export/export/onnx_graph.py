@@ -208,9 +208,10 @@ class DecoderGraph:
 
     # --- norms and attention --------------------------------------------------------------------
 
-    def rms_norm(self, x: str, weight: np.ndarray, name: str) -> str:
+    def rms_norm(self, x: str, weight: np.ndarray, name: str, epsilon: float | None = None) -> str:
+        """epsilon: the model's own unless given."""
         return self.g.op("SimplifiedLayerNormalization", [x, self.g.weight(name, weight)], axis=-1,
-                         epsilon=self.spec.rms_eps, stash_type=1)
+                         epsilon=self.spec.rms_eps if epsilon is None else epsilon, stash_type=1)
 
     def skip_rms_norm(self, x: str, skip: str, weight: np.ndarray, name: str) -> tuple[str, str]:
         """(norm(x + skip), x + skip)"""

@@ -1,11 +1,11 @@
-"""ONNX Runtime with the QNN execution provider: the prefill graph on the CPU, the static QDQ decode graph
-on the Qualcomm HTP (on x86-64 Linux, onnxruntime-qnn's libQnnHtp.so simulates it: right answers, no
-device speed).
+"""ONNX Runtime with the QNN execution provider: the static QDQ prefill and decode graphs on the Qualcomm
+HTP, the selection on the CPU (on x86-64 Linux, onnxruntime-qnn's libQnnHtp.so simulates the HTP: right
+answers, no device speed).
 
-The KV cache is one host array [1, kv_heads, max_seq_len, head_dim] per layer and kind. The prefill
-writes it in place (its IOBinding is over the arrays' own memory); each decode step reads it whole
-(a static input, as the HTP needs) and returns only its new key and value, which are written at the
-step's position.
+A prompt runs in the smallest prefill bucket that holds it, right-padded. The KV cache is one host array
+[1, kv_heads, max_seq_len, head_dim] per layer and kind: the prompt's positions are copied in from the
+prefill's outputs, each decode step reads it whole (a static input, as the HTP needs) and returns only
+its new key and value, which are written at the step's position.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import KVLayout, Manifest
+from ..artifact import TARGET_FILES, KVLayout, Manifest
 from ..errors import GlassExportError
 from ..generation import Backend, PrefillResult
 
@@ -96,6 +96,29 @@ def node_partition(session, feeds: dict) -> dict:
     return dict(Counter(provider for provider, _ in nodes))
 
 
+# An artifact's QDQ graphs by role: "decode" and "prefill.T" per bucket T; with --htp-arch, the role
+# "<role>.context" names each one's context binary.
+def prefill_role(bucket: int) -> str:
+    return f"prefill.{bucket}"
+
+
+def graph_file(role: str) -> str:
+    return TARGET_FILES["qnn"]["decode"] if role == "decode" else f"{role}.qdq.onnx"
+
+
+def context_file(role: str) -> str:
+    return f"{role}.ctx.onnx"
+
+
+def prefill_feeds(ids: list[int], bucket: int) -> dict:
+    """A prefill graph's inputs: the prompt right-padded to the bucket (with token 0), its mask and last position."""
+    tokens = np.zeros((1, bucket), np.int64)
+    tokens[0, : len(ids)] = ids
+    mask = np.zeros((1, bucket), np.float32)
+    mask[0, : len(ids)] = 1.0
+    return {"input_ids": tokens, "attention_mask": mask, "last_position": np.array([len(ids) - 1], np.int64)}
+
+
 class StaticKVCache:
     """The host KV cache and the decode graph's static feeds (module docstring)."""
 
@@ -104,9 +127,12 @@ class StaticKVCache:
         self.past_names, self.present_names = kv.past_names, kv.present_names
         self.arrays = [np.zeros((1, kv.num_kv_heads, max_seq_len, kv.head_dim), np.float32) for _ in self.past_names]
 
-    def clear(self) -> None:
-        for array in self.arrays:
+    def start(self, presents: dict, length: int) -> None:
+        """A new sequence: the prompt's positions 0..length-1 from a prefill's present outputs (by name), the
+        rest zero."""
+        for array, name in zip(self.arrays, self.present_names):
             array.fill(0.0)
+            array[:, :, :length] = presents[name][:, :, :length]
 
     def decode_feeds(self, token: int, position: int, indices: np.ndarray) -> dict:
         mask = np.zeros((1, 1, 1, self.max_seq_len + 1), np.float32)
@@ -121,52 +147,68 @@ class StaticKVCache:
 
 
 class QnnBackend(Backend):
-    """The two graphs over one StaticKVCache; the decode session is given (the HTP's, or the float graph's
-    on the CPU for export's calibration)."""
+    """The graphs (role -> path: select, decode, prefill.T per bucket) over one StaticKVCache. open_graph(path)
+    makes the prefill and decode sessions (the HTP's, or the float graphs' on the CPU for export's
+    calibration); each bucket's is made when a prompt first needs it."""
 
-    def __init__(self, prefill_path: Path, decode_session, kv: KVLayout, max_seq_len: int, threads: int | None = None,
-                 description: str = "qnn: prefill on the CPU, decode on the QNN HTP backend"):
+    def __init__(self, graphs: dict[str, Path], buckets, open_graph, kv: KVLayout, m: int, max_seq_len: int,
+                 threads: int | None = None, description: str = "qnn: prefill and decode on the QNN HTP backend, "
+                                                                "selection on the CPU"):
         import onnxruntime as ort
 
         super().__init__()
         self.max_seq_len = max_seq_len
+        self.buckets = sorted(buckets)
+        self.graphs, self.open_graph = graphs, open_graph
         self.cache = StaticKVCache(kv, max_seq_len)
-        self.prefill_session = ort.InferenceSession(str(prefill_path), session_options(threads),
-                                                    providers=["CPUExecutionProvider"])
-        self.decode_session = decode_session
+        self.num_layers, self.m = kv.num_layers, m
+        self.select_session = ort.InferenceSession(str(graphs["select"]), session_options(threads),
+                                                   providers=["CPUExecutionProvider"])
+        self.decode_session = open_graph(graphs["decode"])
+        self.prefill_sessions: dict[int, object] = {}
         self.description = description
-        self._binding = self.prefill_session.io_binding()
-        for past, present, array in zip(self.cache.past_names, self.cache.present_names, self.cache.arrays):
-            buffer = ort.OrtValue.ortvalue_from_numpy(array)  # shares the array's memory
-            self._binding.bind_ortvalue_input(past, buffer)
-            self._binding.bind_ortvalue_output(present, buffer)
         self.on_decode = None  # called with each decode step's feeds (export's calibration keeps them)
 
     @classmethod
     def open(cls, directory: Path, manifest: Manifest, threads: int | None = None) -> "QnnBackend":
+        files = manifest.files
+        buckets = manifest.runtime["prefill_buckets"]
+        roles = ["decode", *(prefill_role(b) for b in buckets)]
+        # the precompiled context binaries when the export made them (--htp-arch), else the QDQ graphs
+        graphs = {role: directory / files.get(f"{role}.context", files[role]) for role in roles}
+        graphs["select"] = directory / files["select"]
+        arch = manifest.runtime.get("htp_arch")
         try:
-            # the precompiled context binary when the export made one (--htp-arch), else the QDQ graph
-            compiled = manifest.files.get("decode_context")
-            decode = htp_session(directory / (compiled or manifest.files["decode"]),
-                                 htp_arch=manifest.runtime.get("htp_arch"))
-            backend = cls(directory / manifest.files["prefill"], decode, manifest.kv, manifest.max_seq_len, threads)
+            backend = cls(graphs, buckets, lambda path: htp_session(path, htp_arch=arch), manifest.kv, manifest.m,
+                          manifest.max_seq_len, threads)
         except GlassExportError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
             raise GlassExportError(f"onnxruntime cannot load {directory}: {exc}", "re-export the artifact") from exc
         backend.directory, backend.manifest = directory, manifest
-        if compiled:
-            backend.description += f" (context binary for HTP v{manifest.runtime.get('htp_arch')})"
+        if "decode.context" in files:
+            backend.description += f" (context binaries for HTP v{arch})"
         return backend
 
     def _prefill(self, ids: list[int]) -> PrefillResult:
-        self.cache.clear()
-        self._binding.bind_cpu_input("input_ids", np.array([ids], dtype=np.int64))
-        for name in ("logits", "glass_local_scores", "glass_indices"):
-            self._binding.bind_output(name)
-        self.prefill_session.run_with_iobinding(self._binding)
-        logits, local, indices = [v.numpy() for v in self._binding.get_outputs()[len(self.cache.arrays):]]
-        return PrefillResult(logits[0], indices, local)
+        bucket = next((b for b in self.buckets if b >= len(ids)), None)
+        if bucket is None:
+            raise GlassExportError(
+                f"the prompt has {len(ids)} tokens; this qnn artifact's prefill buckets take at most {self.buckets[-1]}",
+                f"shorten the prompt, or re-export with a larger bucket (--prefill-buckets "
+                f"{','.join(map(str, [*self.buckets, len(ids)]))})")
+        if bucket not in self.prefill_sessions:
+            self.prefill_sessions[bucket] = self.open_graph(self.graphs[prefill_role(bucket)])
+        session = self.prefill_sessions[bucket]
+        outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, prefill_feeds(ids, bucket))))
+        self.cache.start(outputs, len(ids))
+        if "glass_local_scores.0" in outputs:
+            local = np.stack([outputs[f"glass_local_scores.{layer}"] for layer in range(self.num_layers)])
+            (indices,) = self.select_session.run(None, {"glass_local_scores": local})
+        else:  # the method needs no local scores: the kept set is a constant of the select graph
+            (indices,) = self.select_session.run(None, {})
+            local = np.zeros((self.num_layers, self.m), np.float32)
+        return PrefillResult(outputs["logits"][0], indices, local)
 
     def _decode(self, token: int, position: int, indices: np.ndarray) -> np.ndarray:
         feeds = self.cache.decode_feeds(token, position, indices)
@@ -177,5 +219,5 @@ class QnnBackend(Backend):
         return logits[0, -1]
 
     def close(self) -> None:
-        self.prefill_session = self.decode_session = None
-        self._binding = None
+        self.select_session = self.decode_session = None
+        self.prefill_sessions = {}
