@@ -254,6 +254,9 @@ struct QuantKernels {
   // Int8 accuracy: gate . x and up . x of the neurons of tiles [t0, t1), into gate[16 (t - t0) + r]
   // and up[...]: the sparse decode's kept neurons (quant_decode.h), the dense prefill's all.
   void (*gate_up_tiles)(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up);
+  // Neuron group J's int8 down coefficients from its 32 activations z: GroupCoefs::compute's values,
+  // bit for bit (the same float products, block maxima and round-half-even conversion).
+  void (*group_coefs)(const DecodePack& pack, int64_t J, const float* z, GroupCoefs& out);
   // acc[0, d) += neuron group J's share of the down projection, from its int8 coefficients.
   void (*down_group)(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc);
   // Dense prefill's down projection over dequantised rows (dense_tile.h), width a multiple of 32:

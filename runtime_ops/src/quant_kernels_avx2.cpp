@@ -87,6 +87,41 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
   }
 }
 
+// Neuron group J's coefficients (GroupCoefs::compute): 32 neurons are four registers per block.
+void group_coefs(const DecodePack& pack, int64_t J, const float* z, GroupCoefs& out) {
+  const int64_t nb = pack.blocks();
+  out.resize(nb);
+  const int zp = zero_point(pack.bits);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 zs[4];
+  for (int v = 0; v < 4; ++v) zs[v] = _mm256_loadu_ps(z + 8 * v);
+  for (int64_t g = 0; g < nb; ++g) {
+    const Half* s = pack.down_scales(J, g);
+    __m256 c[4], amax = _mm256_setzero_ps();
+    for (int v = 0; v < 4; ++v) {
+      c[v] = _mm256_mul_ps(zs[v], load_halves(s + 8 * v));
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, c[v]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float block_max = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    const __m256 inverse = _mm256_set1_ps(block_max != 0.0f ? 127.0f / block_max : 0.0f);
+    __m256i q[4];  // the default rounding mode: half to even, as nearbyint
+    for (int v = 0; v < 4; ++v) q[v] = _mm256_cvtps_epi32(_mm256_mul_ps(c[v], inverse));
+    // int32 -> int8 (values within +-127): pack pairs of registers, then restore the lane order
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[0], q[1]), 0xD8);
+    const __m256i words2 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q[2], q[3]), 0xD8);
+    const __m256i bytes = _mm256_permute4x64_epi64(_mm256_packs_epi16(words, words2), 0xD8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q.data() + g * kDownGroup), bytes);
+    __m256i total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+    t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+    out.scale[g] = block_max / 127.0f;
+    out.zero[g] = zp * _mm_cvtsi128_si32(t4);
+  }
+}
+
 void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
   const __m256i low = _mm256_set1_epi8(0x0F);
   for (int64_t w = 0; w < pack.windows(); ++w) {
@@ -145,7 +180,7 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* avx2_kernels() {
-  static const QuantKernels table{"avx2", gate_up_tiles, down_group, madd_rows_tiled<8, 4, 3>};
+  static const QuantKernels table{"avx2", gate_up_tiles, group_coefs, down_group, madd_rows_tiled<8, 4, 3>};
   return &table;
 }
 

@@ -25,9 +25,11 @@ inline __m512i broadcast_word(const int8_t* p) {
   return _mm512_set1_epi32(word);
 }
 
+// 4-bit codes: the low nibbles are masked, the high ones kept in place (16 u, no shift); vpdpbusd
+// does not saturate, so their dot products are exactly 16 times the codes' and shift back per block.
 void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int64_t spb = pack.subs_per_block();
-  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(static_cast<char>(0xF0));
   for (int64_t t = t0; t < t1; ++t) {
     __m512 sums[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t g = 0; g < pack.blocks(); ++g) {
@@ -43,7 +45,7 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
             for (int half = 0; half < 2; ++half) {
               const __m512i codes = _mm512_loadu_si512(tiles[half] + 64 * p);
               acc[half][0] = _mm512_dpbusd_epi32(acc[half][0], _mm512_and_si512(codes, low), even);
-              acc[half][1] = _mm512_dpbusd_epi32(acc[half][1], _mm512_and_si512(_mm512_srli_epi16(codes, 4), low), odd);
+              acc[half][1] = _mm512_dpbusd_epi32(acc[half][1], _mm512_and_si512(codes, high), odd);
             }
           }
         } else {
@@ -58,7 +60,8 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
       const __m512i zero = _mm512_set1_epi32(x.block_zero[g]);
       const __m512 x_scale = _mm512_set1_ps(x.sub_scale[g * spb]);
       for (int half = 0; half < 2; ++half) {
-        const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[half][0], acc[half][1]), zero);
+        const __m512i odd = pack.bits == 4 ? _mm512_srai_epi32(acc[half][1], 4) : acc[half][1];
+        const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[half][0], odd), zero);
         const __m512 scale = _mm512_mul_ps(load_halves16(pack.gate_up_scales(t, half, g)), x_scale);
         sums[half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, sums[half]);
       }
@@ -68,8 +71,31 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
   }
 }
 
+// Neuron group J's coefficients (GroupCoefs::compute): 32 neurons are two registers per block.
+void group_coefs(const DecodePack& pack, int64_t J, const float* z, GroupCoefs& out) {
+  const int64_t nb = pack.blocks();
+  out.resize(nb);
+  const int zp = zero_point(pack.bits);
+  const __m512 z0 = _mm512_loadu_ps(z), z1 = _mm512_loadu_ps(z + 16);
+  for (int64_t g = 0; g < nb; ++g) {
+    const Half* s = pack.down_scales(J, g);
+    const __m512 c0 = _mm512_mul_ps(z0, load_halves16(s)), c1 = _mm512_mul_ps(z1, load_halves16(s + 16));
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(c0), _mm512_abs_ps(c1)));
+    const __m512 inverse = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+    // the default rounding mode: half to even, as nearbyint
+    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(c0, inverse));
+    const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(c1, inverse));
+    int8_t* q = out.q.data() + g * kDownGroup;
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtsepi32_epi8(q1));
+    out.scale[g] = amax / 127.0f;
+    out.zero[g] = zp * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  }
+}
+
+// 4-bit: the high nibbles stay in place, as in gate_up_tiles.
 void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
-  const __m512i low = _mm512_set1_epi8(0x0F);
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(static_cast<char>(0xF0));
   // 4-bit: the low nibbles' lanes are the even outputs, the high nibbles' the odd ones
   const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
   const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
@@ -85,7 +111,7 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
       if (pack.bits == 4) {
         const __m512i codes = _mm512_loadu_si512(tile + 64 * p);
         ints[0][p & 1] = _mm512_dpbusd_epi32(ints[0][p & 1], _mm512_and_si512(codes, low), word);
-        ints[1][p & 1] = _mm512_dpbusd_epi32(ints[1][p & 1], _mm512_and_si512(_mm512_srli_epi16(codes, 4), low), word);
+        ints[1][p & 1] = _mm512_dpbusd_epi32(ints[1][p & 1], _mm512_and_si512(codes, high), word);
       } else {
         ints[0][p & 1] = _mm512_dpbusd_epi32(ints[0][p & 1], _mm512_loadu_si512(tile + 128 * p), word);
         ints[1][p & 1] = _mm512_dpbusd_epi32(ints[1][p & 1], _mm512_loadu_si512(tile + 128 * p + 64), word);
@@ -95,8 +121,9 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
     const __m512 scale = _mm512_set1_ps(coefs.scale[g]);
     __m512 out[2];
     for (int set = 0; set < 2; ++set) {
-      out[set] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(ints[set][0], ints[set][1]), zero)),
-                               scale);
+      __m512i sum = _mm512_add_epi32(ints[set][0], ints[set][1]);
+      if (pack.bits == 4 && set == 1) sum = _mm512_srai_epi32(sum, 4);
+      out[set] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, zero)), scale);
     }
     float* dst = acc + w * kSubBlock;
     if (pack.bits == 4) {
@@ -112,7 +139,7 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* avx512vnni_kernels() {
-  static const QuantKernels table{"avx512vnni", gate_up_tiles, down_group, madd_rows_tiled<16, 4, 4>};
+  static const QuantKernels table{"avx512vnni", gate_up_tiles, group_coefs, down_group, madd_rows_tiled<16, 4, 4>};
   return &table;
 }
 

@@ -90,6 +90,35 @@ void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int6
   }
 }
 
+// Neuron group J's coefficients (GroupCoefs::compute): 32 neurons are eight registers per block.
+void group_coefs(const DecodePack& pack, int64_t J, const float* z, GroupCoefs& out) {
+  const int64_t nb = pack.blocks();
+  out.resize(nb);
+  const int zp = zero_point(pack.bits);
+  float32x4_t zs[8];
+  for (int v = 0; v < 8; ++v) zs[v] = vld1q_f32(z + 4 * v);
+  for (int64_t g = 0; g < nb; ++g) {
+    const Half* s = pack.down_scales(J, g);
+    float32x4_t c[8], amax = vdupq_n_f32(0.0f);
+    for (int v = 0; v < 8; ++v) {
+      c[v] = vmulq_f32(zs[v], load_halves(s + 4 * v));
+      amax = vmaxq_f32(amax, vabsq_f32(c[v]));
+    }
+    const float block_max = vmaxvq_f32(amax);
+    const float inverse = block_max != 0.0f ? 127.0f / block_max : 0.0f;
+    int8_t* q = out.q.data() + g * kDownGroup;
+    int32x4_t total = vdupq_n_s32(0);
+    for (int v = 0; v < 8; v += 2) {
+      // vcvtnq: round half to even, as nearbyint
+      const int32x4_t a = vcvtnq_s32_f32(vmulq_n_f32(c[v], inverse)), b = vcvtnq_s32_f32(vmulq_n_f32(c[v + 1], inverse));
+      total = vaddq_s32(total, vaddq_s32(a, b));
+      vst1_s8(q + 4 * v, vqmovn_s16(vcombine_s16(vqmovn_s32(a), vqmovn_s32(b))));
+    }
+    out.scale[g] = block_max / 127.0f;
+    out.zero[g] = zp * vaddvq_s32(total);
+  }
+}
+
 void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, float* acc) {
   for (int64_t w = 0; w < pack.windows(); ++w) {
     const int64_t g = w * kSubBlock / pack.block;
@@ -133,7 +162,7 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* GLASS_NEON_TABLE() {
-  static const QuantKernels table{GLASS_NEON_NAME, gate_up_tiles, down_group, madd_rows_tiled<4, 4, 4>};
+  static const QuantKernels table{GLASS_NEON_NAME, gate_up_tiles, group_coefs, down_group, madd_rows_tiled<4, 4, 4>};
   return &table;
 }
 

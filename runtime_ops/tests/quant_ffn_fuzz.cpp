@@ -4,8 +4,9 @@
 // block size, both accuracies, unsorted and duplicate indices, k = 1 and k = m.
 //   prefill (ffn_up_quant, ffn_down_quant): against the float64 FFN on the activations the kernels see;
 //   decode, Float32 accuracy: gather_ffn_quant against the float64 FFN over the kept neurons;
-//   decode, Int8 accuracy, stage by stage: the gate/up tiles against float64 dot products, the down
-//     windows against float64 sums of the very int8 coefficients they get (DownCoefs), the whole op
+//   decode, Int8 accuracy, stage by stage: the gate/up tiles against float64 dot products, each variant's
+//     down coefficients against GroupCoefs::compute bit for bit (and at exact rounding ties), the down
+//     windows against float64 sums of the very int8 coefficients they get, the whole op
 //     (several tasks) against those stages, and against the float64 FFN within the bound that the
 //     coefficients' rounding (half a step each) allows.
 // Built with -DGLASS_ASAN=ON in CI: buffers are exact-size, any read past them aborts the run.
@@ -96,6 +97,19 @@ std::vector<double> seen_x(const Case& k, int64_t t) {
 
 bool close(double got, double want, double scale) { return std::fabs(got - want) <= 1e-4 * scale + 1e-5; }
 
+// "" when a variant's coefficients are GroupCoefs::compute's, bit for bit.
+std::string coefs_differ(const glass::GroupCoefs& want, const glass::GroupCoefs& got) {
+  for (size_t i = 0; i < want.q.size(); ++i) {
+    if (got.q.size() != want.q.size() || got.q[i] != want.q[i]) return "q[" + std::to_string(i) + "] differs";
+  }
+  for (size_t g = 0; g < want.scale.size(); ++g) {
+    if (got.scale.size() != want.scale.size() || got.scale[g] != want.scale[g] || got.zero[g] != want.zero[g]) {
+      return "scale or zero of block " + std::to_string(g) + " differs";
+    }
+  }
+  return "";
+}
+
 std::string mismatch(const char* what, int64_t t, int64_t i, double got, double want) {
   return std::string(what) + "[" + std::to_string(t) + "," + std::to_string(i) + "] " + std::to_string(got) + " want " +
          std::to_string(want);
@@ -176,8 +190,11 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
     // each group's down share against float64 sums of its own int8 coefficients
     std::vector<double> want(k.d, 0.0), rounding(k.d, 0.0);
     for (int64_t J = 0; J < pack.groups(); ++J) {
-      glass::GroupCoefs coefs;
+      glass::GroupCoefs coefs, variant;
       coefs.compute(pack, J, z.data() + J * glass::kDownGroup);
+      kernels.group_coefs(pack, J, z.data() + J * glass::kDownGroup, variant);
+      const std::string differs = coefs_differ(coefs, variant);
+      if (!differs.empty()) return "decode coefficients: " + differs;
       kernels.down_group(pack, coefs, J, y_staged.data());
       for (int64_t i = 0; i < k.d; ++i) {
         const int64_t g = i / k.block;
@@ -205,6 +222,33 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
   return "";
 }
 
+// Coefficients at exact rounding ties (down scales 1, amax 127: c * 127 / amax = c) round half to even, as
+// nearbyint does, in every variant; and an all-zero group is all zeros.
+std::string check_coefficient_ties() {
+  const int64_t d = 64, m = 32, block = 32;
+  std::vector<uint8_t> gu_codes(2 * m * d / 2, 0x88), dn_codes(m * d / 2, 0x88);
+  std::vector<float> gu_scales(2 * m * (d / block), 1.0f), dn_scales(m * (d / block), 1.0f);
+  const glass::QuantRows gu{gu_codes.data(), gu_scales.data(), d, 4, block}, dn{dn_codes.data(), dn_scales.data(), d, 4, block};
+  std::vector<int64_t> idx(m);
+  for (int64_t j = 0; j < m; ++j) idx[j] = j;
+  const glass::DecodePack pack(gu, dn, idx.data(), m);
+  std::vector<float> z(glass::kDownGroup);
+  for (int64_t j = 0; j < glass::kDownGroup; ++j) z[j] = (j % 2 ? -1.0f : 1.0f) * (static_cast<float>(j / 2) + 0.5f);
+  z[31] = 127.0f;
+  for (const bool zeros : {false, true}) {
+    if (zeros) std::fill(z.begin(), z.end(), 0.0f);
+    glass::GroupCoefs want, got;
+    want.compute(pack, 0, z.data());
+    glass::quant_kernels().group_coefs(pack, 0, z.data(), got);
+    const std::string differs = coefs_differ(want, got);
+    if (!differs.empty()) return std::string(zeros ? "zero group: " : "ties: ") + differs;
+    if (!zeros && (want.q[0] != 0 || want.q[2] != 2 || want.q[1] != 0 || want.q[3] != -2)) {
+      return "ties: the definition does not round half to even";
+    }
+  }
+  return "";
+}
+
 // Returns "" or what failed.
 std::string check(const Case& k) {
   glass::QuantRows gu{k.gu_codes.data(), k.gu_scales.data(), k.d, k.bits, k.block};
@@ -225,6 +269,11 @@ int main(int argc, char** argv) {
     ++variants;
     std::mt19937_64 rng(99);
     int passed = 0, failed = 0;
+    const std::string ties = check_coefficient_ties();
+    if (!ties.empty()) {
+      ++failed;
+      std::printf("[%s] %s\n", name, ties.c_str());
+    }
     for (int c = 0; c < cases; ++c) {
       const Case k = random_case(rng, c);
       const std::string error = check(k);
