@@ -427,6 +427,38 @@ def test_quantised_gather_ffn_native_and_fallback_match_the_reference(onnxruntim
                 session.run(None, {**feeds, "idx": np.array([0, bad])})
 
 
+class GatherFFNQ(torch.nn.Module):
+    """The quantised decode op with its weights as inputs (so the runtime copies each call's weights into the
+    same planned memory)."""
+
+    def forward(self, x, gu, gus, dn, dns, idx):
+        return torch.ops.glass.gather_ffn_q(x, gu, gus, dn, dns, idx, 0, 4, 32, 4)
+
+
+def test_decode_pack_is_rebuilt_for_other_weights_at_the_same_address(onnxruntime_kernel, executorch_kernels,
+                                                                       tmp_path):
+    """The kernels repack a prompt's kept rows once and keep the pack while the indices and a fingerprint of the
+    source rows match: new weights in the very buffers of the old ones (same shapes, same kept set) must be
+    repacked, not decoded with the old rows. ONNX Runtime: the inputs' numpy buffers overwritten in place;
+    ExecuTorch: inputs copied into the method's planned memory at every call."""
+    m, idx = 24, np.array([1, 5, 6, 11, 17, 23])
+    cases = [quant_case(seed, m=m) for seed in (11, 12)]
+    feeds = {name: np.empty_like(value) for name, value in
+             zip(("x", "gu", "gus", "dn", "dns"), (cases[0][0], cases[0][1].blocked_codes(), cases[0][1].scales,
+                                                 cases[0][2].blocked_codes(), cases[0][2].scales))}
+    session = quant_session("GatherFFNQ", 4, 32, 4, 0, onnxruntime_kernel)
+    example = [torch.from_numpy(v) for v in (cases[0][0], cases[0][1].blocked_codes(), cases[0][1].scales,
+                                             cases[0][2].blocked_codes(), cases[0][2].scales)] + [torch.from_numpy(idx)]
+    method = export_pte(GatherFFNQ(), tuple(example), tmp_path / "gather_q.pte")
+    for x, gu, dn in cases * 2:
+        for name, value in zip(feeds, (x, gu.blocked_codes(), gu.scales, dn.blocked_codes(), dn.scales)):
+            np.copyto(feeds[name], value)
+        want, bound = quant_reference(x, gu, dn, idx, 0, 4)
+        for got in (session.run(None, {**feeds, "idx": idx})[0],
+                    method.execute([torch.from_numpy(v) for v in feeds.values()] + [torch.from_numpy(idx)])[0].numpy()):
+            assert np.all(np.abs(got - want) <= 1.05 * bound + 1e-4 * (1 + np.abs(want)))
+
+
 @pytest.mark.parametrize("bits, group", [(4, 32), (8, 64)])
 def test_decode_down_int8_reference_follows_its_definition(bits, group):
     """torch_ops.decode_down_int8 (the semantics the decode kernels and the ONNX function implement) against

@@ -119,14 +119,14 @@ class DecodePack : public GateUpTiles {
     Sample bytes{};
     if (k == 0) return bytes;
     uint8_t* at = bytes.data();
-    const auto add = [&](const uint8_t* codes, const float* scale) {
-      at = std::copy_n(codes, std::min<int64_t>(kSampleBytes, gate_up.row_bytes()), at);
-      at = std::copy_n(reinterpret_cast<const uint8_t*>(scale), sizeof(float), at);
+    const auto add = [&](const QuantRows& rows, int64_t r) {
+      at = std::copy_n(rows.row(r), std::min<int64_t>(kSampleBytes, rows.row_bytes()), at);
+      at = std::copy_n(reinterpret_cast<const uint8_t*>(rows.row_scales(r)), sizeof(float), at);
     };
     for (const int64_t j : {idx[0], idx[k - 1]}) {
-      add(gate_up.row(2 * j), gate_up.row_scales(2 * j));
-      add(gate_up.row(2 * j + 1), gate_up.row_scales(2 * j + 1));
-      add(down.row(j), down.row_scales(j));
+      add(gate_up, 2 * j);
+      add(gate_up, 2 * j + 1);
+      add(down, j);
     }
     return bytes;
   }
