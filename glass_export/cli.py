@@ -25,6 +25,7 @@ from .errors import GlassExportError
 from .models.adapter import SUPPORTED_MODEL_TYPES
 from .quantization import ACCURACY_LEVELS, GROUP_SIZES, WEIGHT_SCHEMES
 from .runtime.qnn_backend import HTP_ARCHS
+from .calibration import DEFAULT_BATCH_SIZE as DEFAULT_CALIBRATION_BATCH
 from .generation import DEFAULT_MIN_NEW_TOKENS
 from .prompts import SPLIT_CHOICES
 from .selection import DEFAULT_LAMBDA, METHODS, TUNE_LAMBDAS
@@ -189,7 +190,8 @@ def convert_gguf_cmd(gguf_file: Path, out: Path, force: bool):
 @click.option("--seed", default=0, show_default=True, help="Seed for --self-generate sampling.")
 @click.option("--max-tokens", default=100_000, show_default=True, type=click.IntRange(min=1), help="Calibration tokens to use.")
 @click.option("--seq-len", default=512, show_default=True, type=click.IntRange(min=2), help="Tokens per calibration sequence.")
-@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1), help="Sequences per forward pass.")
+@click.option("--batch-size", default=DEFAULT_CALIBRATION_BATCH, show_default=True, type=click.IntRange(min=1),
+              help="Sequences per forward pass, in self-generation and in the priors pass (lower it if memory is short).")
 @click.option("--dtype", default="float32", show_default=True, type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Priors file to write (.safetensors).")
 @FORCE_OPTION
@@ -205,10 +207,15 @@ def calibrate(model_dir, data, text_field, self_generate, seed, max_tokens, seq_
 
         priors = run_calibration(model_dir, out, list(data), text_field, self_generate, seed, max_tokens, seq_len,
                                  batch_size, dtype, force, progress=track)
+        stages = ", ".join(f"{task.description} {task.completed:,.0f} tokens in {task.finished_time:.0f} s "
+                           f"({task.completed / max(task.finished_time, 1e-9):,.0f} tokens/s)"
+                           for task in bar.tasks if task.finished_time)
     err_console.print(
         f"[green]wrote[/] {out}: {priors.model.num_layers} layers x {priors.model.intermediate_size} neurons, "
         f"{priors.tokens:,} tokens, model fingerprint {priors.model.fingerprint}"
     )
+    if stages:
+        err_console.print(stages)
 
 
 @main.command()

@@ -49,6 +49,9 @@ def test_calibrate_self_generate(example_dir, tmp_path):
     result = run("calibrate", "--model", example_dir / "model", "--self-generate", 64, "--seq-len", 16, "--out", out)
     assert result.exit_code == 0, result.output
     assert '"kind": "self-generated"' in run("inspect", out, "--json").output
+    # each pass's throughput, for sizing a real calibration
+    assert "self-generating 64 tokens in" in result.output and "calibrating 64 tokens in" in result.output
+    assert result.output.count("tokens/s)") == 2
 
 
 @pytest.mark.parametrize("args, message", [
