@@ -189,9 +189,22 @@ def dequantized(weight: torch.Tensor, scheme: QuantScheme) -> torch.Tensor:
     return torch.from_numpy(dequantize_rows(q))
 
 
-def torchao_quantize(model, scheme: QuantScheme, include_ffn: bool = False) -> None:
-    """ExecuTorch's quantisation of the embedding and every Linear outside the FFNs (inside them too with
-    include_ffn: dense twins), in place (torchao)."""
+def glass_reads_tied_table(model) -> bool:
+    """Whether an ExecuTorch program reads the model's embedding table through the glass ops
+    (export/graphs.py, TiedTable): when the LM head is tied to it, with an even row count (the int8 LM
+    head tiles rows in pairs). The program then stores the table once, the LM head and (quantised)
+    the lookup quantised as on ONNX; an untied model keeps XNNPACK's LM head and the stock lookup."""
+    head = model.get_output_embeddings()
+    embedding = model.get_input_embeddings()
+    return (head is not None and getattr(head, "weight", None) is embedding.weight
+            and embedding.weight.shape[0] % 2 == 0)
+
+
+def torchao_quantize(model, scheme: QuantScheme, include_ffn: bool = False, embedding: bool = True) -> None:
+    """ExecuTorch's quantisation of every nn.Linear outside the FFNs (inside them too with include_ffn:
+    dense twins) and of the nn.Embedding (unless embedding is False), in place (torchao). Modules of
+    other types (the glass FFN, a TiedTable's readers, the eager reference's QuantizedLinear) are left
+    alone."""
     from torchao.quantization import quantize_
     from torchao.quantization.granularity import PerAxis, PerGroup
     from torchao.quantization.quant_api import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
@@ -207,6 +220,8 @@ def torchao_quantize(model, scheme: QuantScheme, include_ffn: bool = False) -> N
         linear = Int8DynamicActivationIntxWeightConfig(weight_dtype=weight_dtype, weight_granularity=PerAxis(0))
     quantize_(model, linear, lambda module, fqn: isinstance(module, torch.nn.Linear)
               and (include_ffn or ".mlp." not in f".{fqn}."))
+    if not embedding:
+        return
     for module in model.modules():
         if isinstance(module, torch.nn.Embedding):
             # padding_idx only shapes gradients, but its extra argument hides the lookup from ExecuTorch's
@@ -230,8 +245,9 @@ def quantize_model(model, scheme: QuantScheme, target: str = "onnx", sparse_deco
     their FFN is each runtime's stock dense matmul: ONNX's MatMulNBits (W_down quantised along m, as
     ONNX Runtime GenAI stores it), ExecuTorch's torchao linears. ONNX: every other Linear becomes
     MatMulNBits' form and the embedding GatherBlockQuantized's, a tied pair staying one tensor.
-    ExecuTorch: torchao quantises the other Linears and the embedding (a tied pair separately, as the
-    program stores them). fp32 returns model itself."""
+    ExecuTorch: torchao quantises the other Linears; a tied pair the glass ops read
+    (glass_reads_tied_table) is quantised as on ONNX, any other embedding and LM head by torchao.
+    fp32 returns model itself."""
     if not scheme.quantized:
         return model
     from .models import decoder_layers
@@ -264,8 +280,8 @@ def quantize_model(model, scheme: QuantScheme, target: str = "onnx", sparse_deco
     embedding = quantized.get_input_embeddings()
     head = quantized.get_output_embeddings()
     tied = head.weight is embedding.weight
-    if target == "executorch":
-        if tied:
+    if target == "executorch" and not glass_reads_tied_table(quantized):
+        if tied:  # the program stores the pair separately: the stock lookup and XNNPACK's LM head
             quantized.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
             quantized.lm_head.weight.data = embedding.weight.data.clone()
         torchao_quantize(quantized, scheme, include_ffn=not sparse_decode)
@@ -275,4 +291,6 @@ def quantize_model(model, scheme: QuantScheme, target: str = "onnx", sparse_deco
     if tied:
         new_head.weight = embedding.weight  # still one tensor, as in the artifact
     quantized.lm_head = new_head
+    if target == "executorch":  # a tied table the glass ops read; torchao takes the other linears
+        torchao_quantize(quantized, scheme, include_ffn=not sparse_decode, embedding=False)
     return quantized

@@ -73,11 +73,40 @@ def test_quantised_exports_verify(family, weights, tokenizer, tmp_path_factory):
     assert {"glass::gather_ffn_q.out", "glass::ffn_up_q.out", "glass::ffn_down_q.out"} <= set(manifest.runtime["custom_ops"])
     assert "torchao" in manifest.runtime["non_ffn_quantization"]
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, None))
-    # Tiny models carry a large share of fp32 norms and a tied table stored twice (embedding kernel + XNNPACK),
-    # so the bound is looser than on real models (SmolLM2's int4 .pte: docs/quantization.md); an FFN or a
+    # Tiny models carry a large share of fp32 norms and program, so the bound is looser than on real models (SmolLM2's int4 .pte: docs/quantization.md); an FFN or a
     # projection left in fp32 breaks it.
     fp32_weights = manifest.runtime["model_weight_bytes"]
     assert manifest.runtime["pte_bytes"] < (0.65 if weights == "int8" else 0.5) * fp32_weights
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int4"])
+def test_tied_table_is_stored_once(tokenizer, tmp_path, monkeypatch, weights):
+    """A tied embedding and LM head read one table through the glass ops (sparse artifacts and dense twins
+    alike). The table dominates this model (vocab 4096 x 64). fp32: the .pte exceeds the weights by less than
+    half a table. int4: it is smaller than the program with the pair stored the old way (the stock
+    quantized embedding plus XNNPACK's LM head) by at least 90 % of a quantised copy of the table."""
+    model = build_model("llama", seed=1, vocab_size=4096)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    table = model.get_input_embeddings().weight
+    sizes = {}
+    for config in (SelectionConfig("griffin", 0.5), SelectionConfig("dense")):
+        out = tmp_path / config.method
+        manifest = export_artifact(tmp_path / "model", None, config, "executorch", out, max_seq_len=32,
+                                   quant=QuantScheme(weights))
+        head = "glass::linear_rows_q.out" if weights == "int4" else "glass::linear_rows.out"
+        assert head in manifest.runtime["custom_ops"]
+        sizes[config.method] = manifest.runtime["pte_bytes"]
+        if weights == "fp32":
+            assert sizes[config.method] - manifest.runtime["model_weight_bytes"] < 0.5 * table.numel() * 4
+    assert_matches_eager(verify_artifact(tmp_path / "griffin", tmp_path / "model", builtin_prompts()[:1], 8,
+                                         None if weights == "int4" else ATOL), steps=8)
+    if weights == "int4":
+        monkeypatch.setattr("glass_export.export.graphs.glass_reads_tied_table", lambda model: False)
+        manifest = export_artifact(tmp_path / "model", None, SelectionConfig("dense"), "executorch",
+                                   tmp_path / "stored-twice", max_seq_len=32, quant=QuantScheme(weights))
+        assert "glass::linear_rows_q.out" not in manifest.runtime["custom_ops"]
+        assert manifest.runtime["pte_bytes"] - sizes["dense"] >= 0.9 * table.numel() / 2
 
 
 def test_executorch_refuses_float_activation_schemes(untied_dir, tmp_path):
@@ -134,7 +163,8 @@ def test_dense_twin_and_cli(untied_dir, tmp_path):
 @pytest.mark.parametrize("weights", ["fp32", "int4"])
 def test_dense_twin_is_the_stock_program(untied_dir, tmp_path, weights):
     """Dense twins never gather: their FFNs are the model's own linears on XNNPACK (torchao-quantised like the
-    rest), so the program calls no glass kernel and needs no glass library."""
+    rest), so an untied model's twin calls no glass kernel and needs no glass library (a tied table is read by
+    the glass kernels: test_tied_table_is_stored_once)."""
     out = tmp_path / f"dense-{weights}"
     manifest = export_artifact(untied_dir / "model", None, SelectionConfig("dense"), "executorch", out, max_seq_len=48,
                                quant=QuantScheme(weights))

@@ -515,3 +515,70 @@ def test_fp32_fallback_refuses_negative_indices_like_the_kernel():
 
 def test_kernel_variant_is_reported():
     assert native.quant_kernels_name() in ("avx512vnni", "avx2", "neon-dotprod", "neon", "scalar")
+
+
+# --- a tied embedding table read by the LM head and the lookup (ExecuTorch stores it once) ----------
+
+class TiedTableOps(torch.nn.Module):
+    """The LM head and the lookup over one table given as inputs (so each call's table lands in the same
+    planned memory: the LM head's cached pack must follow new weights there)."""
+
+    def __init__(self, bits, group, accuracy):
+        super().__init__()
+        self.bits, self.group, self.accuracy = bits, group, accuracy
+
+    def forward(self, x, ids, codes, scales):
+        logits = torch.ops.glass.linear_rows_q(x, codes, scales, self.bits, self.group, self.accuracy)
+        return logits, torch.ops.glass.embedding_q(ids, codes, scales, self.bits, self.group)
+
+
+@pytest.mark.parametrize("bits, group, accuracy", [(4, 32, 4), (8, 64, 4), (4, 32, 1)])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_tied_table_ops_match_their_definition_in_executorch(executorch_kernels, bits, group, accuracy, tokens,
+                                                            tmp_path):
+    """linear_rows_q: x (int8 per block at accuracy 4, as the reference quantises it) against every dequantised
+    row; 100 rows = 50 pairs, so the last tile of 16 pairs is padded. embedding_q: the dequantised rows, exactly.
+    Tolerance 1e-4 + 1e-4 |ref| (the integer dots' float scaling in another order)."""
+    from glass_export.quantization import quantize_rows
+    from glass_ops.torch_ops import dequantize, quantize_activations
+
+    rng = np.random.default_rng(bits * 10 + tokens)
+    rows, d = 100, 128
+    tables = [quantize_rows(rng.standard_normal((rows, d)).astype(np.float32), bits, group) for _ in range(2)]
+    x = torch.from_numpy(rng.standard_normal((1, tokens, d)).astype(np.float32))
+    ids = torch.tensor([[0, rows - 1, 37][: min(tokens, 3)]])
+    example = (x, ids, torch.from_numpy(tables[0].blocked_codes()), torch.from_numpy(tables[0].scales))
+    method = export_pte(TiedTableOps(bits, group, accuracy), example, tmp_path / "tied.pte")
+    for table in tables * 2:
+        codes, scales = torch.from_numpy(table.blocked_codes()), torch.from_numpy(table.scales)
+        weights = dequantize(codes, scales, bits)
+        want = (quantize_activations(x, group) if accuracy == 4 else x) @ weights.T
+        logits, embedded = method.execute([x, ids, codes, scales])
+        torch.testing.assert_close(logits, want, atol=ATOL, rtol=RTOL)
+        assert torch.equal(embedded, weights[ids])
+        torch.testing.assert_close(torch.ops.glass.linear_rows_q(x, codes, scales, bits, group, accuracy), want,
+                                   atol=ATOL, rtol=RTOL)
+        assert torch.equal(torch.ops.glass.embedding_q(ids, codes, scales, bits, group), weights[ids])
+    for bad in (rows, -1):
+        with pytest.raises(RuntimeError):
+            method.execute([x, torch.tensor([[bad]]), codes, scales])
+    with pytest.raises(IndexError, match="out of range"):
+        torch.ops.glass.embedding_q(torch.tensor([[rows]]), codes, scales, bits, group)
+    odd = quantize_rows(rng.standard_normal((rows - 1, d)).astype(np.float32), bits, group)
+    odd_inputs = (x, ids, torch.from_numpy(odd.blocked_codes()), torch.from_numpy(odd.scales))
+    odd_method = export_pte(TiedTableOps(bits, group, 4), odd_inputs, tmp_path / "odd.pte")
+    with pytest.raises(RuntimeError):  # the int8 LM head tiles rows in pairs: it refuses an odd count
+        odd_method.execute(list(odd_inputs))
+
+
+class TiedHeadF32(torch.nn.Module):
+    def forward(self, x, weight):
+        return torch.ops.glass.linear_rows(x, weight)
+
+
+@pytest.mark.parametrize("rows, tokens", [(37, 1), (64, 6)])
+def test_fp32_tied_head_matches_matmul_in_executorch(executorch_kernels, rows, tokens, tmp_path):
+    """An odd row count is read as a last pair of the same row, written once."""
+    x, weight = torch.randn(1, tokens, 48), torch.randn(rows, 48)
+    method = export_pte(TiedHeadF32(), (x, weight), tmp_path / "head.pte")
+    torch.testing.assert_close(method.execute([x, weight])[0], x @ weight.T, atol=ATOL, rtol=RTOL)

@@ -6,8 +6,10 @@
   llama::update_cache (as ExecuTorch's own LLM exports do); Gemma 2's soft-capped attention keeps
   transformers' attention over [1, kv_heads, max_seq_len, head_dim].
 - The FFN weights are stored neuron-contiguous and read by custom ops in both methods
-  (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); XNNPACK takes
-  the rest (attention projections, norms, lm_head), and identical weights are stored once.
+  (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); a tied embedding
+  table is read by glass::linear_rows(_q) as the LM head (and glass::embedding_q as the quantised
+  lookup); XNNPACK takes the rest (attention projections, norms, an untied lm_head), and identical
+  weights are stored once.
 - Static shapes where possible: k is fixed, decode is fully static, prefill takes
   1 <= T <= max_seq_len tokens (an upper-bounded dynamic dimension).
 """

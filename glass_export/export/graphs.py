@@ -6,6 +6,9 @@ scales in MatMulNBits' row layout), read through the glass ops in both methods: 
 ffn_down in prefill, gather_ffn over the kept neurons in decode. The program therefore stores each
 FFN weight once. The KV cache is a static buffer per layer shared by both methods.
 
+A tied embedding and LM head read one table through the glass ops too (TiedTable), so the program
+stores it once: XNNPACK's LM head would keep a packed copy of its own.
+
 - PrefillGraph(input_ids [1, T]) -> logits [1, T, V], local scores [L, m], indices [L, k].
 - DecodeGraph(input_ids [1, 1], position_ids [1, 1], indices [L, k]) -> logits [1, 1, V].
 """
@@ -22,7 +25,7 @@ import glass_ops  # noqa: F401  (registers torch.ops.glass.*)
 from glass_ops import ACTIVATION_CODES, native, pack_ffn_weights
 
 from ..models import decoder_layers, ffn_layers
-from ..quantization import QuantScheme, quantize_rows
+from ..quantization import QuantScheme, glass_reads_tied_table, quantize_rows
 from ..selection import SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
 
 
@@ -78,15 +81,73 @@ class GraphFFN(torch.nn.Module):
         return torch.ops.glass.ffn_down(z, self.w_down_t)
 
 
+class TiedTable(torch.nn.Module):
+    """A tied embedding table [V, d] as the glass ops read it: the model's own Parameter (fp32) or its rows
+    quantised like the FFN's. One module under both readers, so torch.export lifts it once."""
+
+    def __init__(self, weight: torch.nn.Parameter, quant: QuantScheme):
+        super().__init__()
+        self.quant = quant
+        if quant.quantized:
+            q = quantize_rows(weight.detach().float().numpy(), quant.bits, quant.group_size)
+            self.register_buffer("codes", torch.from_numpy(q.blocked_codes()))
+            self.register_buffer("scales", torch.from_numpy(q.scales))
+        else:
+            self.weight = weight
+
+
+class TiedEmbedding(torch.nn.Module):
+    """The lookup of a quantised TiedTable (glass::embedding_q), with the family's embedding scale if its
+    embedding module applies one (Gemma 3)."""
+
+    def __init__(self, table: TiedTable, embed_scale: float | None):
+        super().__init__()
+        self.table = table
+        self.embed_scale = embed_scale
+
+    def forward(self, input_ids):
+        q = self.table.quant
+        rows = torch.ops.glass.embedding_q(input_ids, self.table.codes, self.table.scales, q.bits, q.group_size)
+        return rows if self.embed_scale is None else rows * self.embed_scale
+
+
+class TiedLMHead(torch.nn.Module):
+    """logits = x . table^T (glass::linear_rows, or linear_rows_q at the scheme's accuracy level)."""
+
+    def __init__(self, table: TiedTable):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        q = self.table.quant
+        if q.quantized:
+            return torch.ops.glass.linear_rows_q(x, self.table.codes, self.table.scales, q.bits, q.group_size,
+                                                 q.accuracy_level)
+        return torch.ops.glass.linear_rows(x, self.table.weight)
+
+
+def tie_through_glass(model, quant: QuantScheme) -> None:
+    """Points a tied model's LM head (and, quantised, its embedding) at one TiedTable, in place."""
+    embedding = model.get_input_embeddings()
+    table = TiedTable(embedding.weight, quant)
+    if quant.quantized:
+        scale = getattr(embedding, "embed_scale", None)
+        model.set_input_embeddings(TiedEmbedding(table, None if scale is None else float(scale)))
+    model.set_output_embeddings(TiedLMHead(table))
+
+
 def graph_model(model, quant: QuantScheme = QuantScheme(), glass_ffn: bool = True):
     """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext (glass_ffn False, for
-    dense twins: the model's own FFNs, lowered as stock linears)."""
+    dense twins: the model's own FFNs, lowered as stock linears), and whose tied embedding is one
+    TiedTable (glass_reads_tied_table)."""
     ffns = ffn_layers(model)
     context = FFNContext()
     clone = copy.deepcopy(model).eval()
     if glass_ffn:
         for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
             layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context, quant)
+    if glass_reads_tied_table(clone):
+        tie_through_glass(clone, quant)
     return clone, context
 
 

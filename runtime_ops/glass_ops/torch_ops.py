@@ -9,6 +9,10 @@ products see x quantised per block to int8 as MLAS's CompInt8 does, and gather_f
 projection is an integer dot product over neurons with int8 coefficients (decode_down_int8). The
 references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
 src/quant_decode.h) are held to them.
+
+A tied embedding table [V, d], fp32 or quantised the same way, has its own readers so an ExecuTorch
+program stores it once: linear_rows(_q), the LM head x . table^T (int8 x per block at accuracy level
+4, as MatMulNBits), and embedding_q, the lookup of dequantised rows (src/tied_embedding.h).
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ SCHEMAS = {
     "ffn_down_q": "Tensor z, Tensor down, Tensor down_scales, int bits, int block_size",
     # GLASS's local statistic of one layer's prompt activations z [T, m] (float32) -> float64 [m]
     "normalised_square_sum": "Tensor z",
+    # a tied embedding table [V, d] read by the LM head (logits = x . table^T) and, quantised, by the
+    # lookup, so an ExecuTorch program stores it once
+    "linear_rows": "Tensor x, Tensor weight",
+    "linear_rows_q": "Tensor x, Tensor codes, Tensor scales, int bits, int block_size, int accuracy_level",
+    "embedding_q": "Tensor ids, Tensor codes, Tensor scales, int bits, int block_size",
 }
 for _name, _args in SCHEMAS.items():
     torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
@@ -206,9 +215,34 @@ def normalised_square_sum_reference(z):
     return normalised_square_sum(z)
 
 
+def linear_rows_reference(x, weight):
+    return x @ weight.T
+
+
+def linear_rows_q_reference(x, codes, scales, bits, block_size, accuracy_level):
+    _check_quant("linear_rows_q", bits, block_size, accuracy_level)
+    if accuracy_level == 4:
+        x = quantize_activations(x, block_size)
+    return x @ dequantize(codes, scales, bits).T
+
+
+def embedding_q_reference(ids, codes, scales, bits, block_size):
+    _check_quant("embedding_q", bits, block_size)
+    rows = codes.shape[0]
+    if ids.dtype != torch.int64:
+        raise ValueError(f"glass::embedding_q: ids must be int64, got {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+        bad = ids[(ids < 0) | (ids >= rows)][0]
+        raise IndexError(f"glass::embedding_q: token id {int(bad)} is out of range [0, {rows})")
+    flat = ids.reshape(-1)
+    return dequantize(codes[flat], scales[flat], bits).reshape(*ids.shape, -1)
+
+
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
               "gather_ffn_q": gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
-              "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference}
+              "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference,
+              "linear_rows": linear_rows_reference, "linear_rows_q": linear_rows_q_reference,
+              "embedding_q": embedding_q_reference}
 
 
 def _output_shape(name, args):
@@ -217,8 +251,10 @@ def _output_shape(name, args):
     x, weights = args[0], args[1]
     if name in ("gather_ffn", "gather_ffn_q"):
         return x.shape
-    if name == "ffn_up":
+    if name in ("ffn_up", "linear_rows", "linear_rows_q"):
         return (*x.shape[:-1], weights.shape[0])
+    if name == "embedding_q":
+        return (*x.shape, weights.shape[1] * args[4])  # blocks * block_size
     if name == "ffn_up_q":
         return (*x.shape[:-1], weights.shape[0] // 2)
     if name == "ffn_down_q":
@@ -236,7 +272,7 @@ def _register(name, ref):
         return out
 
     def fake(*args):
-        dtype = torch.float64 if name == "normalised_square_sum" else args[0].dtype
+        dtype = {"normalised_square_sum": torch.float64, "embedding_q": torch.float32}.get(name, args[0].dtype)
         return args[0].new_empty(_output_shape(name, args), dtype=dtype)
 
     def out_fake(*args, out):

@@ -5,6 +5,8 @@
 //   glass::gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
 //                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py)
 //   glass::normalised_square_sum.out  the prefill's float64 local statistic of one layer
+//   glass::linear_rows.out, glass::linear_rows_q.out, glass::embedding_q.out: a tied embedding's LM head
+//                          and (quantised) lookup over the one stored table (tied_embedding.h)
 // Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -16,6 +18,7 @@
 
 #include "gather_ffn.h"
 #include "quant_decode.h"
+#include "tied_embedding.h"
 
 namespace glass_et {
 
@@ -213,6 +216,62 @@ Tensor& normalised_square_sum_out(KernelRuntimeContext& ctx, const Tensor& z, Te
   return out;
 }
 
+Tensor& linear_rows_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &weight, &out}), "glass::linear_rows: x, weight and out must be contiguous float32");
+  GLASS_CHECK(weight.dim() == 2 && x.dim() >= 1 && x.size(x.dim() - 1) == weight.size(1),
+              "glass::linear_rows: expected weight [rows, d] and x [..., d]");
+  const int64_t rows = weight.size(0), d = weight.size(1);
+  GLASS_CHECK(resize_last_dim(x, rows, out) == Error::Ok, "glass::linear_rows: cannot resize out");
+  glass::linear_rows_f32(x.const_data_ptr<float>(), x.numel() / d, d, weight.const_data_ptr<float>(), rows,
+                         out.mutable_data_ptr<float>(), glass::task_count_for((rows + 1) / 2, kMaxTasks, 0),
+                         ExecuTorchFor{});
+  return out;
+}
+
+glass::RowsPackCache& rows_pack_cache() {
+  static glass::RowsPackCache cache;
+  return cache;
+}
+
+Tensor& linear_rows_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& codes, const Tensor& scales,
+                          int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &out}), "glass::linear_rows_q: x and out must be contiguous float32");
+  GLASS_CHECK(glass::valid_accuracy(accuracy_level), "glass::linear_rows_q: accuracy_level must be 1 or 4");
+  glass::QuantRows rows;
+  std::string error;
+  GLASS_CHECK(quant_rows(codes, scales, bits, block_size, &rows, &error), "glass::linear_rows_q: %s", error.c_str());
+  const int64_t n_rows = codes.size(0);
+  GLASS_CHECK(n_rows % 2 == 0, "glass::linear_rows_q: the row count must be even (rows are tiled in pairs)");
+  GLASS_CHECK(x.dim() >= 1 && x.size(x.dim() - 1) == rows.cols, "glass::linear_rows_q: x and codes disagree on d");
+  GLASS_CHECK(resize_last_dim(x, n_rows, out) == Error::Ok, "glass::linear_rows_q: cannot resize out");
+  const auto accuracy = static_cast<glass::Accuracy>(accuracy_level);
+  const auto pack = accuracy == glass::Accuracy::Int8 ? rows_pack_cache().get(rows, n_rows) : nullptr;
+  const int64_t work = pack ? pack->tiles() : n_rows;
+  glass::linear_rows_quant(x.const_data_ptr<float>(), x.numel() / rows.cols, rows, n_rows, pack.get(), accuracy,
+                           out.mutable_data_ptr<float>(), glass::task_count_for(work, kMaxTasks, 0), ExecuTorchFor{});
+  return out;
+}
+
+Tensor& embedding_q_out(KernelRuntimeContext& ctx, const Tensor& ids, const Tensor& codes, const Tensor& scales,
+                        int64_t bits, int64_t block_size, Tensor& out) {
+  GLASS_CHECK(ids.scalar_type() == ScalarType::Long && tensor_is_contiguous(ids),
+              "glass::embedding_q: ids must be contiguous int64");
+  GLASS_CHECK(out.scalar_type() == ScalarType::Float && tensor_is_contiguous(out),
+              "glass::embedding_q: out must be contiguous float32");
+  glass::QuantRows rows;
+  std::string error;
+  GLASS_CHECK(quant_rows(codes, scales, bits, block_size, &rows, &error), "glass::embedding_q: %s", error.c_str());
+  std::vector<SizesType> sizes(ids.sizes().begin(), ids.sizes().end());
+  sizes.push_back(static_cast<SizesType>(rows.cols));
+  GLASS_CHECK(executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
+              "glass::embedding_q: cannot resize out");
+  const int64_t* token_ids = ids.const_data_ptr<int64_t>();
+  const std::string bad = glass::check_token_ids(token_ids, ids.numel(), codes.size(0));
+  GLASS_CHECK(bad.empty(), "%s", bad.c_str());
+  glass::embedding_quant(token_ids, ids.numel(), rows, out.mutable_data_ptr<float>());
+  return out;
+}
+
 #undef GLASS_CHECK
 
 }  // namespace glass_et
@@ -224,3 +283,6 @@ EXECUTORCH_LIBRARY(glass, "gather_ffn_q.out", glass_et::gather_ffn_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up_q.out", glass_et::ffn_up_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down_q.out", glass_et::ffn_down_q_out);
 EXECUTORCH_LIBRARY(glass, "normalised_square_sum.out", glass_et::normalised_square_sum_out);
+EXECUTORCH_LIBRARY(glass, "linear_rows.out", glass_et::linear_rows_out);
+EXECUTORCH_LIBRARY(glass, "linear_rows_q.out", glass_et::linear_rows_q_out);
+EXECUTORCH_LIBRARY(glass, "embedding_q.out", glass_et::embedding_q_out);

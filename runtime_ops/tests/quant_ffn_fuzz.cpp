@@ -8,7 +8,9 @@
 //     down coefficients against GroupCoefs::compute bit for bit (and at exact rounding ties), the down
 //     windows against float64 sums of the very int8 coefficients they get, the whole op
 //     (several tasks) against those stages, and against the float64 FFN within the bound that the
-//     coefficients' rounding (half a step each) allows.
+//     coefficients' rounding (half a step each) allows;
+//   a tied embedding (tied_embedding.h), the gate/up rows standing as its table: the LM head
+//     (linear_rows_quant, RowsPack) against float64 dot products, the lookup against the weights exactly.
 // Built with -DGLASS_ASAN=ON in CI: buffers are exact-size, any read past them aborts the run.
 // Prints "N passed, N failed" per variant; exits 1 on any failure.
 #include <cmath>
@@ -19,6 +21,7 @@
 #include <vector>
 
 #include "quant_decode.h"
+#include "tied_embedding.h"
 
 namespace {
 
@@ -250,12 +253,54 @@ std::string check_coefficient_ties() {
 }
 
 // Returns "" or what failed.
+// The 2m gate/up rows as a tied embedding table: LM head logits and the lookup of every row.
+std::string check_tied_table(const Case& k, const glass::QuantRows& table) {
+  const int64_t rows = 2 * k.m;
+  std::shared_ptr<const glass::RowsPack> pack;
+  if (k.accuracy == glass::Accuracy::Int8) {
+    pack = std::make_shared<const glass::RowsPack>(table, rows);
+    if (!pack->holds(table, rows)) return "a fresh rows pack does not hold its own table";
+  }
+  std::vector<float> logits(k.tokens * rows);
+  glass::linear_rows_quant(k.x.data(), k.tokens, table, rows, pack.get(), k.accuracy, logits.data(), 1 + k.m % 3,
+                           glass::SerialFor{});
+  for (int64_t t = 0; t < k.tokens; ++t) {
+    const std::vector<double> xs = seen_x(k, t);
+    for (int64_t r = 0; r < rows; ++r) {
+      double want = 0, scale = 0;
+      for (int64_t i = 0; i < k.d; ++i) {
+        want += weight(k.gu_codes, k.gu_scales, k, r, i) * xs[i];
+        scale += std::fabs(weight(k.gu_codes, k.gu_scales, k, r, i) * xs[i]);
+      }
+      if (!close(logits[t * rows + r], want, std::max(1.0, scale))) return mismatch("linear_rows logits", t, r, logits[t * rows + r], want);
+    }
+  }
+  std::vector<int64_t> ids(rows);
+  for (int64_t r = 0; r < rows; ++r) ids[r] = rows - 1 - r;
+  if (!glass::check_token_ids(ids.data(), rows, rows).empty()) return "valid token ids refused";
+  const int64_t bad[] = {rows, -1};
+  for (const int64_t id : bad) {
+    if (glass::check_token_ids(&id, 1, rows).empty()) return "token id " + std::to_string(id) + " accepted";
+  }
+  std::vector<float> embedded(rows * k.d);
+  glass::embedding_quant(ids.data(), rows, table, embedded.data());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < k.d; ++i) {
+      if (embedded[r * k.d + i] != static_cast<float>(weight(k.gu_codes, k.gu_scales, k, ids[r], i))) {
+        return mismatch("embedding_q", r, i, embedded[r * k.d + i], weight(k.gu_codes, k.gu_scales, k, ids[r], i));
+      }
+    }
+  }
+  return "";
+}
+
 std::string check(const Case& k) {
   glass::QuantRows gu{k.gu_codes.data(), k.gu_scales.data(), k.d, k.bits, k.block};
   glass::QuantRows dn{k.dn_codes.data(), k.dn_scales.data(), k.d, k.bits, k.block};
   std::vector<std::vector<double>> z_ref;
   std::string error = check_prefill(k, gu, dn, z_ref);
-  return error.empty() ? check_decode(k, gu, dn, z_ref) : error;
+  if (error.empty()) error = check_decode(k, gu, dn, z_ref);
+  return error.empty() ? check_tied_table(k, gu) : error;
 }
 
 }  // namespace
