@@ -266,7 +266,7 @@ Tensor& embedding_q_out(KernelRuntimeContext& ctx, const Tensor& ids, const Tens
   GLASS_CHECK(executorch::runtime::resize_tensor(out, {sizes.data(), sizes.size()}) == Error::Ok,
               "glass::embedding_q: cannot resize out");
   const int64_t* token_ids = ids.const_data_ptr<int64_t>();
-  const std::string bad = glass::check_token_ids(token_ids, ids.numel(), codes.size(0));
+  const std::string bad = glass::check_indices(token_ids, ids.numel(), codes.size(0), "glass::embedding_q: token id");
   GLASS_CHECK(bad.empty(), "%s", bad.c_str());
   glass::embedding_quant(token_ids, ids.numel(), rows, out.mutable_data_ptr<float>());
   return out;

@@ -23,12 +23,13 @@ enum class Activation : int64_t { SiLU = 0, GeluTanh = 1 };
 
 inline bool valid_activation(int64_t code) { return code == 0 || code == 1; }
 
-// Returns "" when every index is in [0, m), else a message naming the first bad one.
-inline std::string check_indices(const int64_t* idx, int64_t k, int64_t m) {
+// Returns "" when every index is in [0, m), else a message naming the first bad one ("<what> 7 at position 2
+// is out of range [0, 4)").
+inline std::string check_indices(const int64_t* idx, int64_t k, int64_t m, const char* what = "glass::gather_ffn: index") {
   for (int64_t j = 0; j < k; ++j) {
     if (idx[j] < 0 || idx[j] >= m) {
-      char buf[160];
-      std::snprintf(buf, sizeof(buf), "glass::gather_ffn: index %lld at position %lld is out of range [0, %lld)",
+      char buf[200];
+      std::snprintf(buf, sizeof(buf), "%s %lld at position %lld is out of range [0, %lld)", what,
                     static_cast<long long>(idx[j]), static_cast<long long>(j), static_cast<long long>(m));
       return buf;
     }

@@ -138,20 +138,7 @@ void linear_rows_quant(const float* x, int64_t n_tokens, const QuantRows& rows, 
   });
 }
 
-// "" when every id is in [0, n_rows), else a message naming the first bad one.
-inline std::string check_token_ids(const int64_t* ids, int64_t n, int64_t n_rows) {
-  for (int64_t i = 0; i < n; ++i) {
-    if (ids[i] < 0 || ids[i] >= n_rows) {
-      char buf[160];
-      std::snprintf(buf, sizeof(buf), "glass::embedding_q: token id %lld at position %lld is out of range [0, %lld)",
-                    static_cast<long long>(ids[i]), static_cast<long long>(i), static_cast<long long>(n_rows));
-      return buf;
-    }
-  }
-  return "";
-}
-
-// out [n, cols] = the dequantised rows ids (ids checked by the caller: check_token_ids).
+// out [n, cols] = the dequantised rows ids (ids checked by the caller: check_indices).
 inline void embedding_quant(const int64_t* ids, int64_t n, const QuantRows& rows, float* out) {
   for (int64_t i = 0; i < n; ++i) dequantize_cols(rows, ids[i], 0, rows.cols, out + i * rows.cols);
 }

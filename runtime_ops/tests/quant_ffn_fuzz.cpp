@@ -277,10 +277,10 @@ std::string check_tied_table(const Case& k, const glass::QuantRows& table) {
   }
   std::vector<int64_t> ids(rows);
   for (int64_t r = 0; r < rows; ++r) ids[r] = rows - 1 - r;
-  if (!glass::check_token_ids(ids.data(), rows, rows).empty()) return "valid token ids refused";
+  if (!glass::check_indices(ids.data(), rows, rows, "token id").empty()) return "valid token ids refused";
   const int64_t bad[] = {rows, -1};
   for (const int64_t id : bad) {
-    if (glass::check_token_ids(&id, 1, rows).empty()) return "token id " + std::to_string(id) + " accepted";
+    if (glass::check_indices(&id, 1, rows, "token id").empty()) return "token id " + std::to_string(id) + " accepted";
   }
   std::vector<float> embedded(rows * k.d);
   glass::embedding_quant(ids.data(), rows, table, embedded.data());
