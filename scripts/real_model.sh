@@ -125,6 +125,9 @@ if [[ " $STEPS " == *" budget "* ]]; then
   # shellcheck disable=SC2086
   glass-export eval --model "$MODEL" --priors "$WORK/calib/self-102400.safetensors" $PROTOCOL --split report \
     --methods i-glass --densities 0.5 --lambdas 0.25 --out docs/quality/calibration/self-102400-i-glass-0.25 --force
+  # Per-layer density under a global budget against one k per layer (docs/quality_protocol.md).
+  python bench/layer_budget.py --model "$MODEL" --priors "$WORK/calib/self-102400.safetensors" --chat \
+    --out docs/quality/layer_budget
 fi
 
 if [[ " $STEPS " == *" artifacts "* ]]; then
