@@ -88,6 +88,15 @@ if [[ " $STEPS " == *" heldout "* ]]; then
       --densities 0.5 --out "$H/report-$method" --force &
   done
   wait
+  # every other method on the report half: rho 0.5, and all of them at rho 0.25 (a-glass and i-glass at lambda 0.25)
+  for spec in static-a:0.5: random:0.5: a-glass:0.5:0.25 griffin:0.25: i-glass:0.25:0.25 static-i:0.25: \
+      static-a:0.25: a-glass:0.25:0.25 random:0.25:; do
+    IFS=: read -r method rho lam <<< "$spec"
+    name="report-$method${lam:+-$lam}"; [ "$rho" = 0.25 ] && name="report-rho0.25-$method${lam:+-$lam}"
+    # shellcheck disable=SC2086
+    glass-export eval --model "$MODEL" --priors "$PRIORS" $PROTOCOL --split report --methods $method \
+      --densities $rho ${lam:+--lambdas $lam} --out "$H/$name" --force
+  done
   # the lambda tune's rule picks (lowest KL on the tune half), and one table of the report half with paired
   # bootstrap intervals over the joined runs
   python - <<'PY'
