@@ -36,8 +36,6 @@
 #include <algorithm>
 #include <array>
 #include <memory>
-#include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include "quant_ffn.h"
@@ -45,7 +43,6 @@
 namespace glass {
 
 constexpr int64_t kDownGroup = 32;  // kept neurons per int8 group of down coefficients
-constexpr int64_t kSampleBytes = 16;  // bytes of a source row in a DecodePack's fingerprint
 // The kernels stream the pack in order; a software prefetch this far ahead of each tile, into L2 (the
 // L1 hardware prefetcher takes it from there), keeps the stream from DRAM flowing. 2 KB into L1 was 18 %
 // faster than none once the packs of all layers outgrow the caches (Xeon, 48 MiB L3); 8 KB into L2 was
@@ -114,19 +111,15 @@ class DecodePack : public GateUpTiles {
   // A fingerprint of the source rows: the first bytes and scale of the first and last kept neuron's gate,
   // up and down rows. Small on purpose: it is read at every decode step, from memory the step has not
   // touched yet (reading whole rows cost ExecuTorch's op about 5 us a call, a tenth of it).
-  using Sample = std::array<uint8_t, 2 * 3 * (kSampleBytes + sizeof(float))>;
+  using Sample = std::array<uint8_t, 2 * 3 * kRowSampleSize>;
   static Sample sample(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
     Sample bytes{};
     if (k == 0) return bytes;
     uint8_t* at = bytes.data();
-    const auto add = [&](const QuantRows& rows, int64_t r) {
-      at = std::copy_n(rows.row(r), std::min<int64_t>(kSampleBytes, rows.row_bytes()), at);
-      at = std::copy_n(reinterpret_cast<const uint8_t*>(rows.row_scales(r)), sizeof(float), at);
-    };
     for (const int64_t j : {idx[0], idx[k - 1]}) {
-      add(gate_up, 2 * j);
-      add(gate_up, 2 * j + 1);
-      add(down, j);
+      at = append_row_sample(gate_up, 2 * j, at);
+      at = append_row_sample(gate_up, 2 * j + 1, at);
+      at = append_row_sample(down, j, at);
     }
     return bytes;
   }
@@ -139,23 +132,8 @@ class DecodePack : public GateUpTiles {
   std::vector<Half> down_scales_;
 };
 
-// The DecodePack of each FFN's current kept set, for runtimes whose kernels keep no state of their own
-// (ExecuTorch): one entry per FFN, keyed by its weights, replaced when the kept set changes.
-class DecodePackCache {
- public:
-  std::shared_ptr<const DecodePack> get(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() > kMaxEntries) entries_.clear();  // programs came and went: start over
-    auto& entry = entries_[gate_up.codes];
-    if (entry == nullptr || !entry->holds(gate_up, down, idx, k)) entry = std::make_shared<const DecodePack>(gate_up, down, idx, k);
-    return entry;
-  }
-
- private:
-  static constexpr size_t kMaxEntries = 512;
-  std::mutex mutex_;
-  std::unordered_map<const uint8_t*, std::shared_ptr<const DecodePack>> entries_;
-};
+// The DecodePack of each FFN's current kept set (ExecuTorch), replaced when the kept set changes.
+using DecodePackCache = PackCache<DecodePack, 512>;
 
 // One neuron group's int8 down coefficients for one token (Int8 accuracy), per output block g.
 struct GroupCoefs {

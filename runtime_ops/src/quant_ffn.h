@@ -245,6 +245,39 @@ class GateUpTiles {
   std::vector<Half> gate_up_scales_;
 };
 
+// --- packs kept between calls (a DecodePack per kept set, a RowsPack per tied table) ---------------
+
+// A pack's fingerprint of its source: a few rows' first bytes and first scale, read at every call (so
+// small), enough to tell other weights at a reused address from the packed ones.
+constexpr int64_t kSampleBytes = 16;
+constexpr size_t kRowSampleSize = kSampleBytes + sizeof(float);
+
+// Writes row r's sample at `at`; returns the end.
+inline uint8_t* append_row_sample(const QuantRows& rows, int64_t r, uint8_t* at) {
+  at = std::copy_n(rows.row(r), std::min<int64_t>(kSampleBytes, rows.row_bytes()), at);
+  return std::copy_n(reinterpret_cast<const uint8_t*>(rows.row_scales(r)), sizeof(float), at);
+}
+
+// The Pack of each weight a program's kernels are called with, for runtimes whose kernels keep no state
+// of their own (ExecuTorch): one entry per weight, keyed by the address of its first argument's codes,
+// rebuilt from get()'s arguments when Pack::holds(arguments) says they are no longer what it packed.
+template <typename Pack, size_t kMaxEntries>
+class PackCache {
+ public:
+  template <typename... Rest>
+  std::shared_ptr<const Pack> get(const QuantRows& rows, const Rest&... rest) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (entries_.size() > kMaxEntries) entries_.clear();  // programs came and went: start over
+    auto& entry = entries_[rows.codes];
+    if (entry == nullptr || !entry->holds(rows, rest...)) entry = std::make_shared<const Pack>(rows, rest...);
+    return entry;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::unordered_map<const uint8_t*, std::shared_ptr<const Pack>> entries_;
+};
+
 class DecodePack;  // quant_decode.h
 struct GroupCoefs;
 

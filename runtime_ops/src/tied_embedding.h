@@ -8,9 +8,6 @@
 #pragma once
 
 #include <array>
-#include <memory>
-#include <mutex>
-#include <unordered_map>
 
 #include "quant_ffn.h"
 
@@ -64,15 +61,11 @@ class RowsPack : public GateUpTiles {
   }
 
  private:
-  // The first bytes and scale of the first and last rows.
-  using Sample = std::array<uint8_t, 2 * (16 + sizeof(float))>;
+  // The first and last rows' samples.
+  using Sample = std::array<uint8_t, 2 * kRowSampleSize>;
   static Sample sample(const QuantRows& rows, int64_t n_rows) {
     Sample bytes{};
-    uint8_t* at = bytes.data();
-    for (const int64_t r : {int64_t{0}, n_rows - 1}) {
-      at = std::copy_n(rows.row(r), std::min<int64_t>(16, rows.row_bytes()), at);
-      at = std::copy_n(reinterpret_cast<const uint8_t*>(rows.row_scales(r)), sizeof(float), at);
-    }
+    append_row_sample(rows, n_rows - 1, append_row_sample(rows, 0, bytes.data()));
     return bytes;
   }
 
@@ -81,22 +74,8 @@ class RowsPack : public GateUpTiles {
   Sample sample_;
 };
 
-// The RowsPack of each table a program reads, keyed by its codes (ExecuTorch's kernels keep no state).
-class RowsPackCache {
- public:
-  std::shared_ptr<const RowsPack> get(const QuantRows& rows, int64_t n_rows) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (entries_.size() > kMaxEntries) entries_.clear();  // programs came and went: start over
-    auto& entry = entries_[rows.codes];
-    if (entry == nullptr || !entry->holds(rows, n_rows)) entry = std::make_shared<const RowsPack>(rows, n_rows);
-    return entry;
-  }
-
- private:
-  static constexpr size_t kMaxEntries = 16;
-  std::mutex mutex_;
-  std::unordered_map<const uint8_t*, std::shared_ptr<const RowsPack>> entries_;
-};
+// The RowsPack of each table a program reads (ExecuTorch).
+using RowsPackCache = PackCache<RowsPack, 16>;
 
 // Tiles per kernel call (Int8): one token streams long runs; several tokens share passes of 2 tiles
 // (64 rows, 18 KB of 4-bit codes at d = 576) that stay in L1 while every token meets them.
