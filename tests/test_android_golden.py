@@ -118,3 +118,44 @@ def test_write_executorch_golden(example_dir, tmp_path):
     shutil.copytree(artifact, out)
     (GOLDEN / "executorch.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
                                                         "custom_ops": custom_ops, "export_seconds": seconds}, indent=1))
+
+
+QNN_BUCKETS = (8, 48)  # "Hi" runs in the small bucket, the other prompts in the large one
+
+
+def logits_step(artifact: Path, manifest) -> float:
+    """The largest quantisation step of the qnn graphs' logits (the scale of their last DequantizeLinear)."""
+    import onnx
+    from onnx import numpy_helper
+
+    steps = []
+    for role in ["decode", *(f"prefill.{b}" for b in manifest.runtime["prefill_buckets"])]:
+        graph = onnx.load(str(artifact / manifest.files[role]), load_external_data=False).graph
+        (node,) = [n for n in graph.node if "logits" in n.output]
+        assert node.op_type == "DequantizeLinear"
+        steps.append(float(numpy_helper.to_array(next(i for i in graph.initializer if i.name == node.input[1]))))
+    return max(steps)
+
+
+def test_write_qnn_golden(example_dir, tmp_path):
+    """The same records for a qnn artifact (griffin: local scores through select.onnx), run with its QDQ graphs
+    on the CPU provider: the Android engine's QnnBackend must reproduce them on the JVM jar, which has no QNN EP
+    (on a phone the same code runs them on the HTP)."""
+    from glass_export.runtime.qnn_backend import QnnBackend
+
+    artifact = tmp_path / "qnn"
+    export_artifact(example_dir / "model", None, SelectionConfig("griffin", 0.5), "qnn", artifact, max_seq_len=96,
+                    prefill_buckets=QNN_BUCKETS)
+    manifest = load_manifest(artifact)
+    backend = QnnBackend.open(artifact, manifest, on_cpu=True)
+    tokenizer = artifact_tokenizer(artifact, manifest)
+    records = golden_records(backend, tokenizer)
+    assert sorted(backend.prefill_sessions) == list(QNN_BUCKETS)  # both buckets were used
+    backend.close()
+    out = GOLDEN / "qnn"
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(artifact, out)
+    (GOLDEN / "qnn.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
+                                                 "logits_step": logits_step(artifact, manifest)}, indent=1))

@@ -73,15 +73,10 @@ def check_quant(quant: QuantScheme) -> None:
 def calibration_feeds(ctx: ExportContext, scratch: Path, buckets: tuple[int, ...]) -> dict[str, list[dict]]:
     """Each float graph's inputs (role -> feeds): the calibration prompts padded into each bucket, and the
     decode steps of greedy decodes from them, all run on the CPU."""
-    import onnxruntime as ort
-
     from ..artifact import KVLayout
     from ..generation import generate
     from ..prompts import encode_prompt, read_prompt_set
-    from ..runtime.qnn_backend import QnnBackend, prefill_feeds, session_options
-
-    def cpu_session(path: Path):
-        return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
+    from ..runtime.qnn_backend import QnnBackend, cpu_session, prefill_feeds
 
     graphs = {"select": ctx.out / FILES["select"], "decode": scratch / FILES["decode"],
               **{prefill_role(b): scratch / graph_file(prefill_role(b)) for b in buckets}}

@@ -59,6 +59,14 @@ def session_options(threads: int | None = None):
     return options
 
 
+def cpu_session(path: Path, threads: int | None = None):
+    """A graph on ONNX Runtime's CPU provider: export's float calibration runs, and the QDQ graphs emulated
+    on the CPU (QnnBackend.open(..., on_cpu=True)), which the Android engine's host tests compare with."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
 def htp_session(path: Path, profile_prefix: str | None = None, config=None, htp_arch: int | None = None):
     """A session whose nodes all run on the QNN HTP backend: CPU fallback is disabled, so creating it
     fails unless every node does. config: session config entries (e.g. ep.context_enable to write a
@@ -154,39 +162,47 @@ class QnnBackend(Backend):
     def __init__(self, graphs: dict[str, Path], buckets, open_graph, kv: KVLayout, m: int, max_seq_len: int,
                  threads: int | None = None, description: str = "qnn: prefill and decode on the QNN HTP backend, "
                                                                 "selection on the CPU"):
-        import onnxruntime as ort
-
         super().__init__()
         self.max_seq_len = max_seq_len
         self.buckets = sorted(buckets)
         self.graphs, self.open_graph = graphs, open_graph
         self.cache = StaticKVCache(kv, max_seq_len)
         self.num_layers, self.m = kv.num_layers, m
-        self.select_session = ort.InferenceSession(str(graphs["select"]), session_options(threads),
-                                                   providers=["CPUExecutionProvider"])
+        self.select_session = cpu_session(graphs["select"], threads)
         self.decode_session = open_graph(graphs["decode"])
         self.prefill_sessions: dict[int, object] = {}
         self.description = description
         self.on_decode = None  # called with each decode step's feeds (export's calibration keeps them)
 
     @classmethod
-    def open(cls, directory: Path, manifest: Manifest, threads: int | None = None) -> "QnnBackend":
+    def open(cls, directory: Path, manifest: Manifest, threads: int | None = None,
+             on_cpu: bool = False) -> "QnnBackend":
+        """on_cpu: the QDQ graphs on the CPU provider instead of the HTP (no onnxruntime-qnn needed; the
+        reference the Android engine's host tests reproduce)."""
         files = manifest.files
         buckets = manifest.runtime["prefill_buckets"]
         roles = ["decode", *(prefill_role(b) for b in buckets)]
-        # the precompiled context binaries when the export made them (--htp-arch), else the QDQ graphs
-        graphs = {role: directory / files.get(f"{role}.context", files[role]) for role in roles}
+        # on the HTP, the precompiled context binaries when the export made them (--htp-arch); else the QDQ graphs
+        graphs = {role: directory / (files[role] if on_cpu else files.get(f"{role}.context", files[role]))
+                  for role in roles}
         graphs["select"] = directory / files["select"]
         arch = manifest.runtime.get("htp_arch")
+        if on_cpu:
+            def open_graph(path):
+                return cpu_session(path, threads)
+        else:
+            def open_graph(path):
+                return htp_session(path, htp_arch=arch)
         try:
-            backend = cls(graphs, buckets, lambda path: htp_session(path, htp_arch=arch), manifest.kv, manifest.m,
-                          manifest.max_seq_len, threads)
+            backend = cls(graphs, buckets, open_graph, manifest.kv, manifest.m, manifest.max_seq_len, threads)
         except GlassExportError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
             raise GlassExportError(f"onnxruntime cannot load {directory}: {exc}", "re-export the artifact") from exc
         backend.directory, backend.manifest = directory, manifest
-        if "decode.context" in files:
+        if on_cpu:
+            backend.description = "qnn: the QDQ graphs and the selection on the CPU (no HTP)"
+        elif "decode.context" in files:
             backend.description += f" (context binaries for HTP v{arch})"
         return backend
 

@@ -7,6 +7,7 @@ import dev.glassexport.core.GlassException
 import dev.glassexport.core.Generator
 import dev.glassexport.core.Manifest
 import dev.glassexport.core.OrtBackend
+import dev.glassexport.core.QnnBackend
 import dev.glassexport.core.Sampler
 import java.nio.file.Path
 import java.util.concurrent.ExecutorService
@@ -147,7 +148,8 @@ class DemoController(
         fun openBackend(manifest: Manifest, nativeLibraryDir: Path?, threads: Int): Backend = when (manifest.target) {
             "onnx" -> OrtBackend(manifest, nativeLibraryDir, threads)
             "executorch" -> ExecuTorchBackend(manifest, nativeLibraryDir, threads)
-            else -> throw GlassException("artifact target ${manifest.target} is not one this app runs", "export --target onnx or executorch")
+            "qnn" -> QnnBackend(manifest, QnnBackend.Accelerator.HTP, threads)
+            else -> throw GlassException("artifact target ${manifest.target} is not one this app runs", "export --target onnx, executorch or qnn")
         }
 
         fun describe(m: Manifest): String =

@@ -172,6 +172,19 @@ class MainActivityTest {
     }
 
     @Test
+    fun qnnArtifactWithoutTheQnnProviderShowsWhatToInstall() {
+        // The app opens a qnn artifact on the HTP; the host's onnxruntime jar has no QNN provider, a phone's
+        // onnxruntime-android-qnn does (core's QnnGoldenTest runs the same engine on the CPU).
+        val activity = launch(golden.resolve("qnn").toString()).get()
+        activity.press()
+        idleUntil("the message") { activity.message.visibility == View.VISIBLE }
+        assertTrue(activity.message.text.toString(), activity.message.text.contains("no QNN execution provider"))
+        assertTrue(activity.message.text.toString(), activity.message.text.contains("onnxruntime-android-qnn"))
+        assertEquals("", activity.output.text.toString())
+        assertEquals(0, DemoController.openSessions.get())
+    }
+
+    @Test
     fun emptyPromptOrDirectoryShowsAMessage() {
         val activity = launch().get()
         activity.prompt.setText("   ")

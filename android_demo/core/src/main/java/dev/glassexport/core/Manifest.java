@@ -62,6 +62,10 @@ public final class Manifest {
   public final String nativeLibrary;
   /** runtime.custom_ops: the kernels outside the portable set the program calls (ExecuTorch; empty for ONNX). */
   public final List<String> customOps;
+  /** runtime.prefill_buckets: the qnn target's static prefill lengths, ascending (empty for other targets). */
+  public final List<Integer> prefillBuckets;
+  /** runtime.htp_arch: the HTP version the qnn target's context binaries were compiled for, or null. */
+  public final Integer htpArch;
 
   private Manifest(Path directory, JsonObject json) {
     this.directory = directory;
@@ -111,6 +115,11 @@ public final class Manifest {
     this.nativeLibrary = runtime.has("native_library") ? runtime.get("native_library").getAsString() : null;
     this.customOps = runtime.has("custom_ops") && runtime.get("custom_ops").isJsonArray()
         ? strings(runtime.getAsJsonArray("custom_ops")) : List.of();
+    this.prefillBuckets = new ArrayList<>();
+    if (runtime.has("prefill_buckets")) {
+      for (JsonElement bucket : runtime.getAsJsonArray("prefill_buckets")) prefillBuckets.add(bucket.getAsInt());
+    }
+    this.htpArch = runtime.has("htp_arch") && !runtime.get("htp_arch").isJsonNull() ? runtime.get("htp_arch").getAsInt() : null;
   }
 
   private static List<String> strings(JsonArray array) {

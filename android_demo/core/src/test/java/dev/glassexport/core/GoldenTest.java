@@ -52,6 +52,11 @@ class GoldenTest {
    * kept indices, first logits within 1e-4, text, and measured timings.
    */
   static void assertReproduces(Generator generator, JsonObject record, int newTokens) {
+    assertReproduces(generator, record, newTokens, 1e-4f);
+  }
+
+  /** As above, the first logits within `logitsTolerance`. */
+  static void assertReproduces(Generator generator, JsonObject record, int newTokens, float logitsTolerance) {
     String prompt = record.get("prompt").getAsString();
     List<Long> streamed = new ArrayList<>();
     Generator.Result result = generator.generate(prompt, newTokens, Sampler.greedy(), (t, text) -> streamed.add(t));
@@ -66,7 +71,7 @@ class GoldenTest {
     }
     JsonArray logits = record.getAsJsonArray("first_logits");
     assertEquals(logits.size(), result.firstLogits.length);
-    for (int i = 0; i < logits.size(); i++) assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], 1e-4f);
+    for (int i = 0; i < logits.size(); i++) assertEquals(logits.get(i).getAsFloat(), result.firstLogits[i], logitsTolerance);
     assertEquals(record.get("text").getAsString(), result.text);
     assertTrue(result.prefillMs > 0 && result.decodeTokensPerSecond() > 0);
   }
