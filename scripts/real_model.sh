@@ -97,14 +97,30 @@ if [[ " $STEPS " == *" heldout "* ]]; then
     glass-export eval --model "$MODEL" --priors "$PRIORS" $PROTOCOL --split report --methods $method \
       --densities $rho ${lam:+--lambdas $lam} --out "$H/$name" --force
   done
-  # the lambda tune's rule picks (lowest KL on the tune half), and one table of the report half with paired
-  # bootstrap intervals over the joined runs
+  # lambda for i-glass at rho 0.25 and for a-glass at both densities: each lambda on both halves (the report
+  # half at lambda 0.25 ran above)
+  for spec in i-glass:0.25 a-glass:0.25 a-glass:0.5; do
+    IFS=: read -r method rho <<< "$spec"
+    for lam in 0.1 0.25 0.5; do
+      for split in tune report; do
+        name="$split-$method-$lam"; [ "$rho" = 0.25 ] && name="$split-rho0.25-$method-$lam"
+        [ "$split-$lam" = report-0.25 ] && continue
+        # shellcheck disable=SC2086
+        glass-export eval --model "$MODEL" --priors "$PRIORS" $PROTOCOL --split $split --methods $method \
+          --densities $rho --lambdas $lam --out "$H/$name" --force
+      done
+    done
+  done
+  # the lambda tune's rule picks (lowest KL on the tune half) for each method and density, and one table of
+  # each half with paired bootstrap intervals over the joined runs
   python - <<'PY'
 import json
 from pathlib import Path
-runs = {lam: json.loads(Path(f"docs/quality/heldout/tune-i-glass-{lam}/results.json").read_text())["runs"][0]["kl"]
-        for lam in ("0.1", "0.25", "0.5")}
-print("tune-split KL:", runs, "-> chosen lambda", min(runs, key=lambda lam: (runs[lam], float(lam))))
+for method, rho in (("i-glass", 0.5), ("i-glass", 0.25), ("a-glass", 0.5), ("a-glass", 0.25)):
+    prefix = "tune-" if rho == 0.5 else "tune-rho0.25-"
+    runs = {lam: json.loads(Path(f"docs/quality/heldout/{prefix}{method}-{lam}/results.json").read_text())["runs"][0]["kl"]
+            for lam in ("0.1", "0.25", "0.5")}
+    print(method, rho, "tune-split KL:", runs, "-> chosen lambda", min(runs, key=lambda lam: (runs[lam], float(lam))))
 PY
   python scripts/quality_tables.py "$H"/report-*/results.json > docs/quality/heldout/report_table.md
   python scripts/quality_tables.py "$H"/tune-*/results.json > docs/quality/heldout/tune_table.md

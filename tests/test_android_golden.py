@@ -111,13 +111,17 @@ def test_write_executorch_golden(example_dir, tmp_path):
     custom_ops = load_manifest(artifact).runtime["custom_ops"]
     backend.close()
     assert "glass::gather_ffn.out" in custom_ops
-    out = GOLDEN / "executorch"
+    write_golden("executorch", artifact, records, custom_ops=custom_ops, export_seconds=seconds)
+
+
+def write_golden(name: str, artifact: Path, records: list[dict], **extra) -> None:
+    """GOLDEN/<name> (a copy of the artifact) and GOLDEN/<name>.json (the records and `extra`), replacing both."""
+    out = GOLDEN / name
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(artifact, out)
-    (GOLDEN / "executorch.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
-                                                        "custom_ops": custom_ops, "export_seconds": seconds}, indent=1))
+    (GOLDEN / f"{name}.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records, **extra}, indent=1))
 
 
 QNN_BUCKETS = (8, 48)  # "Hi" runs in the small bucket, the other prompts in the large one
@@ -152,10 +156,4 @@ def test_write_qnn_golden(example_dir, tmp_path):
     records = golden_records(backend, tokenizer)
     assert sorted(backend.prefill_sessions) == list(QNN_BUCKETS)  # both buckets were used
     backend.close()
-    out = GOLDEN / "qnn"
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(artifact, out)
-    (GOLDEN / "qnn.json").write_text(json.dumps({"new_tokens": NEW_TOKENS, "records": records,
-                                                 "logits_step": logits_step(artifact, manifest)}, indent=1))
+    write_golden("qnn", artifact, records, logits_step=logits_step(artifact, manifest))
