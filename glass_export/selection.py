@@ -25,7 +25,9 @@ from glass_ops.torch_ops import normalised_square_sum  # the local statistic's o
 from .errors import GlassExportError
 
 LAMBDA_SCALE = 1000
-DEFAULT_LAMBDA = 0.5
+# Without a tuned lambda in the priors: on SmolLM2's tune half, 0.1 had the lowest KL summed over a-glass and
+# i-glass at rho 0.5 and 0.25 (docs/quality_protocol.md); `glass-export tune` chooses one per model.
+DEFAULT_LAMBDA = 0.1
 TUNE_LAMBDAS = (0.1, 0.25, 0.5, 0.75, 0.9)  # what `glass-export tune` sweeps by default
 
 
