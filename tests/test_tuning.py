@@ -15,7 +15,7 @@ from glass_export.models import model_info
 from glass_export.priors import load_priors
 from glass_export.prompts import read_prompt_set, read_prompts
 from glass_export.quantization import QuantScheme
-from glass_export.selection import SelectionConfig
+from glass_export.selection import DEFAULT_LAMBDA, SelectionConfig
 from glass_export.tuning import lambda_for, recommend_densities
 
 PROMPTS = [[1, 40, 71, 100, 5, 9], [1, 300, 12, 77, 150, 8, 22], [1, 7, 7, 200, 31]]
@@ -216,7 +216,7 @@ def test_lambda_for_says_where_the_lambda_came_from(tuned):
     lam = priors.tuning["chosen"][0]["lambda"]
     assert lambda_for("i-glass", 0.5, None, priors, "t.safetensors")[0] == lam
     assert "the nearest to 0.3" in lambda_for("i-glass", 0.3, None, priors, "t")[1]
-    assert lambda_for("a-glass", 0.5, None, priors, "t") == (0.5, lambda_for("a-glass", 0.5, None, priors, "t")[1])
+    assert lambda_for("a-glass", 0.5, None, priors, "t")[0] == DEFAULT_LAMBDA
     assert "no tuned lambda for a-glass" in lambda_for("a-glass", 0.5, None, priors, "t")[1]
     assert lambda_for("griffin", 0.5, None, priors, "t") == (None, None)
 
