@@ -113,7 +113,7 @@ def main() -> None:
 
     from glass_export.evaluation import evaluate, load_scorer, make_protocol, paired_difference
     from glass_export.prompts import encode_prompt, read_prompt_set
-    from glass_export.selection import SelectionConfig
+    from glass_export.selection import METHODS, SelectionConfig
 
     tokenizer, model, info, priors = load_scorer(args.model, args.priors)
     protocol = make_protocol(model, tokenizer, args.max_new_tokens, args.min_new_tokens)
@@ -125,7 +125,7 @@ def main() -> None:
               **protocol.to_dict(), "chat_template": args.chat, "runs": [], "choices": []}
 
     def run(half: str, density: float, rule: str):
-        config = SelectionConfig(args.method, density, args.lam if args.method.endswith("glass") else None)
+        config = SelectionConfig(args.method, density, args.lam if METHODS[args.method].takes_lambda else None)
         keep = allocate(impact, density, rule)
         backend = budget_backend(model, config, priors, info, keep)
         start = time.perf_counter()

@@ -121,7 +121,8 @@ public final class OrtBackend implements Backend {
     return outputs;
   }
 
-  private static List<OnnxTensor> allocateCache(OrtEnvironment env, Manifest manifest) throws OrtException {
+  /** One tensor per layer and kind over a direct buffer [1, kv_heads, max_seq_len, head_dim] (zeros), read in place. */
+  static List<OnnxTensor> allocateCache(OrtEnvironment env, Manifest manifest) throws OrtException {
     long[] shape = {1, manifest.numKvHeads, manifest.maxSeqLen, manifest.headDim};
     int size = manifest.numKvHeads * manifest.maxSeqLen * manifest.headDim;
     List<OnnxTensor> cache = new ArrayList<>();

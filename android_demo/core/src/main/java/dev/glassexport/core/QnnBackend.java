@@ -4,8 +4,6 @@ import ai.onnxruntime.OnnxTensor;
 import ai.onnxruntime.OrtEnvironment;
 import ai.onnxruntime.OrtException;
 import ai.onnxruntime.OrtSession;
-import java.nio.ByteBuffer;
-import java.nio.ByteOrder;
 import java.nio.FloatBuffer;
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -36,9 +34,8 @@ public final class QnnBackend implements Backend {
   private final OrtSession select;
   private final OrtSession decode;
   private final Map<Integer, OrtSession> prefills = new TreeMap<>();
-  private final List<FloatBuffer> cache = new ArrayList<>();
-  private final List<OnnxTensor> cacheTensors = new ArrayList<>();
-  private final int positionStride; // floats between positions of one head: head_dim
+  private final List<OnnxTensor> cacheTensors;
+  private final List<FloatBuffer> cache; // the buffers the cache tensors read, written here
 
   public QnnBackend(Manifest manifest, Accelerator accelerator, int threads) {
     if (!"qnn".equals(manifest.target)) {
@@ -46,20 +43,14 @@ public final class QnnBackend implements Backend {
     }
     this.manifest = manifest;
     this.accelerator = accelerator;
-    this.positionStride = manifest.headDim;
     try {
       OrtSession.SessionOptions cpuOptions = new OrtSession.SessionOptions();
       if (threads > 0) cpuOptions.setIntraOpNumThreads(threads);
       this.graphOptions = accelerator == Accelerator.CPU ? cpuOptions : htpOptions(manifest);
       this.select = env.createSession(manifest.file("select").toString(), cpuOptions);
       this.decode = env.createSession(graphFile("decode"), graphOptions);
-      long[] shape = {1, manifest.numKvHeads, manifest.maxSeqLen, manifest.headDim};
-      for (int i = 0; i < manifest.pastNames.size(); i++) {
-        FloatBuffer buffer = ByteBuffer.allocateDirect(manifest.numKvHeads * manifest.maxSeqLen * manifest.headDim * Float.BYTES)
-            .order(ByteOrder.nativeOrder()).asFloatBuffer();
-        cache.add(buffer);
-        cacheTensors.add(OnnxTensor.createTensor(env, buffer, shape)); // a direct buffer: the tensor reads it in place
-      }
+      this.cacheTensors = OrtBackend.allocateCache(env, manifest);
+      this.cache = cacheTensors.stream().map(t -> (FloatBuffer) t.getBufferRef().orElseThrow()).toList();
     } catch (OrtException e) {
       throw new GlassException("onnxruntime cannot load " + manifest.directory + " (" + accelerator + "): " + e.getMessage(),
           "re-export the artifact", e);
@@ -161,15 +152,16 @@ public final class QnnBackend implements Backend {
   private void startCache(FloatBuffer buffer, OnnxTensor present, int bucket, int length) {
     FloatBuffer source = present.getFloatBuffer();
     for (int i = 0; i < buffer.capacity(); i++) buffer.put(i, 0.0f);
+    int headDim = manifest.headDim;
     for (int head = 0; head < manifest.numKvHeads; head++) {
-      int from = head * bucket * positionStride, to = head * manifest.maxSeqLen * positionStride;
-      for (int i = 0; i < length * positionStride; i++) buffer.put(to + i, source.get(from + i));
+      int from = head * bucket * headDim, to = head * manifest.maxSeqLen * headDim;
+      for (int i = 0; i < length * headDim; i++) buffer.put(to + i, source.get(from + i));
     }
   }
 
   @Override
   public float[] decode(long token, long position, long[][] indices) {
-    int seq = manifest.maxSeqLen;
+    int seq = manifest.maxSeqLen, headDim = manifest.headDim;
     if (position < 0 || position >= seq) {
       throw new GlassException("position " + position + " is outside the cache of " + seq, "re-export with a larger --max-seq-len");
     }
@@ -188,8 +180,8 @@ public final class QnnBackend implements Backend {
         for (int i = 0; i < cache.size(); i++) {
           FloatBuffer step = ((OnnxTensor) out.get(manifest.presentNames.get(i)).get()).getFloatBuffer(); // [1, kv_heads, 1, head_dim]
           for (int head = 0; head < manifest.numKvHeads; head++) {
-            int to = (head * seq + (int) position) * positionStride;
-            for (int d = 0; d < positionStride; d++) cache.get(i).put(to + d, step.get(head * positionStride + d));
+            int to = (head * seq + (int) position) * headDim;
+            for (int d = 0; d < headDim; d++) cache.get(i).put(to + d, step.get(head * headDim + d));
           }
         }
         return ((float[][][]) out.get("logits").get().getValue())[0][0];
