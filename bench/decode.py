@@ -4,7 +4,7 @@ side by side on one machine.
     python bench/decode.py --model DIR [--priors P.safetensors --method i-glass --lambda 0.25]
         [--density 0.5] [--schemes int4,int8,fp32] [--executorch-schemes int4] [--targets onnx,executorch]
         [--peers genai,llamacpp --gguf FILE.gguf] [--chat] [--decode-tokens 64] [--rounds 3]
-        [--threads 2] [--work build/bench] [--out docs/real]
+        [--threads 2] [--work build/bench] [--baseline-work DIR] [--out docs/real]
 
 For each target x weight scheme this exports (or reuses, from --work) a sparse artifact (the
 method at --density) and its dense twin through the same code path, then times them in
@@ -16,7 +16,9 @@ Reported per row (medians over rounds): prefill ms, decode tokens/s in steady st
 step after two warm-up steps), decode tokens/s over the whole generation (first step included:
 the sparse artifacts copy the kept rows together on their first decode step), artifact MB. Then
 the ratios: sparse / dense twin per target and scheme, and our int4 sparse against each peer.
-Writes decode_speedup.json and decode_speedup.png to --out.
+With --baseline-work (a --work directory an earlier revision exported), that revision's artifacts
+are timed in the same rounds, so a change is measured side by side rather than across runs (these
+machines drift by a quarter between runs). Writes decode_speedup.json and decode_speedup.png to --out.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import numpy as np  # noqa: E402
 
 
 PAUSE_BETWEEN_ENGINES_S = 0.25
+BASELINE = "(baseline)"  # the rows of --baseline-work's artifacts
 
 
 @dataclass
@@ -214,6 +217,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians reported")
     parser.add_argument("--work", type=Path, default=Path("build/bench"), help="where artifacts are kept between runs")
+    parser.add_argument("--baseline-work", type=Path, default=None,
+                        help="--work of an earlier revision: its artifacts of the same names join the rounds")
     parser.add_argument("--fresh", action="store_true", help="re-export artifacts --work already holds (after code changes)")
     parser.add_argument("--export-only", action="store_true", help="export what --work lacks, then stop (no timing)")
     parser.add_argument("--out", type=Path, default=Path("docs/real"))
@@ -241,6 +246,10 @@ def main() -> None:
     if args.export_only:
         return
     engines = {f"{t} {s} {k}": Ours(d, args.threads) for (t, s, k), d in dirs.items()}
+    if args.baseline_work:
+        for (t, s, k), d in dirs.items():
+            if (args.baseline_work / d.name / "glass.json").is_file():
+                engines[f"{t} {s} {k} {BASELINE}"] = Ours(args.baseline_work / d.name, args.threads)
     if "genai" in peers:
         engines["onnxruntime-genai int4"] = GenAI(genai_dir, args.threads)
     if "llamacpp" in peers:
@@ -270,18 +279,25 @@ def main() -> None:
         for scheme in args.schemes_of[target]:
             sparse, dense = by_name[f"{target} {scheme} sparse"], by_name[f"{target} {scheme} dense"]
             ratios[f"{target} {scheme}: sparse / dense twin"] = sparse["steady_tokens_per_s"] / dense["steady_tokens_per_s"]
+            old = {kind: by_name.get(f"{target} {scheme} {kind} {BASELINE}") for kind in ("sparse", "dense")}
+            if None not in old.values():
+                ratios[f"{target} {scheme} {BASELINE}: sparse / dense twin"] = (old["sparse"]["steady_tokens_per_s"]
+                                                                             / old["dense"]["steady_tokens_per_s"])
+                for kind, row in (("sparse", sparse), ("dense", dense)):
+                    ratios[f"{target} {scheme} {kind}: this revision / {BASELINE}"] = (
+                        row["steady_tokens_per_s"] / old[kind]["steady_tokens_per_s"])
     ours = by_name.get("onnx int4 sparse")
     for peer in [n for n in by_name if n.startswith(("onnxruntime-genai", "llama.cpp"))]:
         if ours is not None:
             ratios[f"onnx int4 sparse / {peer}"] = ours["steady_tokens_per_s"] / by_name[peer]["steady_tokens_per_s"]
     print(f"\nprompt {len(prompt)} tokens, {args.decode_tokens} greedy tokens, {args.threads} threads, "
           f"{args.rounds} alternating rounds (medians); sparse = {args.method} at rho {args.density}")
-    print(f"{'engine':<28} {'prefill ms':>10} {'decode tok/s':>13} {'(whole gen.)':>13} {'MB':>8}")
+    print(f"{'engine':<36} {'prefill ms':>10} {'decode tok/s':>13} {'(whole gen.)':>13} {'MB':>8}")
     for r in rows:
-        print(f"{r['name']:<28} {r['prefill_ms']:>10.1f} {r['steady_tokens_per_s']:>13.1f} "
+        print(f"{r['name']:<36} {r['prefill_ms']:>10.1f} {r['steady_tokens_per_s']:>13.1f} "
               f"{r['overall_tokens_per_s']:>13.1f} {r['artifact_mb']:>8.1f}")
     for name, value in ratios.items():
-        print(f"{name:<52} {value:.2f}x")
+        print(f"{name:<60} {value:.2f}x")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": str(args.model), "prompt_tokens": len(prompt), "decode_tokens": args.decode_tokens,
               "threads": args.threads, "rounds": args.rounds, "method": args.method, "density": args.density,

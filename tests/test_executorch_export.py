@@ -5,6 +5,7 @@ identical kept-index sets, identical greedy tokens for 32 steps.
 """
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from glass_export.eager import GlassModel
 from glass_export.errors import GlassExportError
 from glass_export.example import FAMILIES, build_model
 from glass_export.export import export_artifact
+from glass_export.export.graphs import rope_through_glass
 from glass_export.models import load_model
 from glass_export.prompts import builtin_prompts
 from glass_export.quantization import QuantScheme
@@ -55,9 +57,11 @@ def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
     config = SelectionConfig(method, 0.5, 0.6 if method.endswith("glass") else None)
     manifest = export_artifact(root / "model", root / "priors.safetensors", config, "executorch", out, max_seq_len=64)
     assert manifest.target == "executorch" and (out / "model.pte").is_file()
-    # ExecuTorch's fused attention kernels wherever they can express the family's attention (not Gemma 2's soft-cap)
+    # ExecuTorch's fused attention kernels wherever they can express the family's attention (not Gemma 2's soft-cap);
+    # the rotary embedding through glass::rope in every family (Phi-3's tiny config rotates the whole head)
     fused = family != "gemma2"
     assert ("llama::custom_sdpa.out" in manifest.runtime["custom_ops"]) == fused
+    assert "glass::rope.out" in manifest.runtime["custom_ops"]
     assert manifest.kv.layout == ("[batch=1, seq, kv_heads, head_dim]" if fused else "[batch=1, kv_heads, seq, head_dim]")
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, ATOL))
 
@@ -161,17 +165,17 @@ def test_dense_twin_and_cli(untied_dir, tmp_path):
 
 
 @pytest.mark.parametrize("weights", ["fp32", "int4"])
-def test_dense_twin_is_the_stock_program(untied_dir, tmp_path, weights):
+def test_dense_twin_ffn_is_the_stock_one(untied_dir, tmp_path, weights):
     """Dense twins never gather: their FFNs are the model's own linears on XNNPACK (torchao-quantised like the
-    rest), so an untied model's twin calls no glass kernel and needs no glass library (a tied table is read by
-    the glass kernels: test_tied_table_is_stored_once)."""
+    rest). What a twin shares with its sparse artifact goes through the glass kernels too: an untied model's
+    twin calls glass::rope (the rotary embedding) and no other glass kernel (a tied table is read by the
+    glass kernels: test_tied_table_is_stored_once)."""
     out = tmp_path / f"dense-{weights}"
     manifest = export_artifact(untied_dir / "model", None, SelectionConfig("dense"), "executorch", out, max_seq_len=48,
                                quant=QuantScheme(weights))
-    assert not [op for op in manifest.runtime["custom_ops"] if op.startswith("glass::")]
-    assert manifest.native_library is None
+    assert [op for op in manifest.runtime["custom_ops"] if op.startswith("glass::")] == ["glass::rope.out"]
     report = verify_artifact(out, untied_dir / "model", builtin_prompts()[:2], 8, None)
-    assert report["passed"] and "stock kernels" in report["runs_on"], report
+    assert report["passed"] and "native kernels" in report["runs_on"], report
 
 
 def test_missing_kernel_library_says_how_to_build(untied_artifact, monkeypatch, tmp_path):
@@ -221,3 +225,22 @@ def test_executorch_ranks_tied_local_scores_as_eager_does(tmp_path):
     (tmp_path / "ranks.pte").write_bytes(program.buffer)
     method = Runtime.get().load_program(str(tmp_path / "ranks.pte")).load_method("forward")
     assert torch.equal(method.execute([scores])[0], ranks(scores))
+
+
+def test_rope_through_glass_keeps_a_partial_rotary_embedding(tokenizer):
+    """While tracing, a family's full rotary embedding becomes glass::rope; a partial one (Phi-3 with
+    partial_rotary_factor < 1, cos narrower than the head) still runs the family's own function, and the
+    original is back afterwards."""
+    model = build_model("phi3", seed=1, vocab_size=len(tokenizer), partial_rotary_factor=0.5)
+    module = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    original = module.apply_rotary_pos_emb
+    q, k = torch.randn(1, 4, 3, 16), torch.randn(1, 2, 3, 16)
+    full, partial = torch.randn(2, 1, 3, 16), torch.randn(2, 1, 3, 8)
+    with rope_through_glass(model):
+        assert module.apply_rotary_pos_emb is not original
+        for tables in (full, partial):
+            got = module.apply_rotary_pos_emb(q, k, *tables)
+            want = original(q, k, *tables)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+    assert module.apply_rotary_pos_emb is original

@@ -582,3 +582,33 @@ def test_fp32_tied_head_matches_matmul_in_executorch(executorch_kernels, rows, t
     x, weight = torch.randn(1, tokens, 48), torch.randn(rows, 48)
     method = export_pte(TiedHeadF32(), (x, weight), tmp_path / "head.pte")
     torch.testing.assert_close(method.execute([x, weight])[0], x @ weight.T, atol=ATOL, rtol=RTOL)
+
+
+# --- transformers' rotary embedding as one kernel (graphs.rope_through_glass) -----------------------
+
+class Rope(torch.nn.Module):
+    def forward(self, x, cos, sin):
+        return torch.ops.glass.rope(x, cos, sin)
+
+
+@pytest.mark.parametrize("heads, tokens, head_dim", [(9, 1, 64), (3, 7, 16)])
+def test_rope_matches_transformers_in_executorch(executorch_kernels, heads, tokens, head_dim, tmp_path):
+    """glass::rope against transformers' own apply_rotary_pos_emb (Llama's; every supported family's is the
+    same function), in ExecuTorch and as the torch op; mismatched shapes are refused. Tolerance 1e-4 + 1e-4
+    |ref| (one rounding per product either way)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    generator = torch.Generator().manual_seed(heads * 100 + tokens)
+    x = torch.randn(1, heads, tokens, head_dim, generator=generator)
+    cos, sin = (torch.randn(1, tokens, head_dim, generator=generator) for _ in range(2))
+    want, _ = apply_rotary_pos_emb(x, x, cos, sin)
+    method = export_pte(Rope(), (x, cos, sin), tmp_path / "rope.pte")
+    torch.testing.assert_close(method.execute([x, cos, sin])[0], want, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(torch.ops.glass.rope(x, cos, sin), want, atol=ATOL, rtol=RTOL)
+    with pytest.raises(ValueError, match="do not fit"):
+        torch.ops.glass.rope(x, cos[..., :-2], sin[..., :-2])
+    odd = torch.randn(1, heads, tokens, head_dim - 1)
+    odd_tables = torch.randn(1, tokens, head_dim - 1)
+    odd_method = export_pte(Rope(), (odd, odd_tables, odd_tables), tmp_path / "odd.pte")
+    with pytest.raises(RuntimeError):  # an odd head_dim has no halves: the kernel refuses it
+        odd_method.execute([odd, odd_tables, odd_tables])

@@ -4,7 +4,8 @@
   (MemoryPlanningPass(share_mutable_buffers=True)), so decode reads what prefill wrote. Attention
   is ExecuTorch's llama::custom_sdpa over a [1, max_seq_len, kv_heads, head_dim] cache written by
   llama::update_cache (as ExecuTorch's own LLM exports do); Gemma 2's soft-capped attention keeps
-  transformers' attention over [1, kv_heads, max_seq_len, head_dim].
+  transformers' attention over [1, kv_heads, max_seq_len, head_dim]. The rotary embedding is one
+  glass::rope call per tensor (graphs.rope_through_glass).
 - The FFN weights are stored neuron-contiguous and read by custom ops in both methods
   (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); a tied embedding
   table is read by glass::linear_rows(_q) as the LM head (and glass::embedding_q as the quantised
@@ -24,7 +25,7 @@ from ..artifact import KV_HEADS_FIRST, KV_SEQ_FIRST, TARGET_FILES, KVLayout
 from ..errors import GlassExportError
 from ..quantization import TORCHAO_DESCRIPTION, QuantScheme, torchao_quantize
 from . import ExportContext, RecipeOutput
-from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model
+from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model, rope_through_glass
 
 STEPS = ("preparing graphs", "exporting prefill graph", "exporting decode graph", "lowering to XNNPACK",
          "writing program")
@@ -58,16 +59,14 @@ def export(ctx: ExportContext) -> RecipeOutput:
     prefill = PrefillGraph(graph_lm, context, config, ctx.global_rank, m, kv=static_kv).eval()
     decode = DecodeGraph(graph_lm, context, sparse=config.sparse_decode, kv=static_kv).eval()
     example_ids = torch.tensor([[1, 2, 3, 4, 5]]) % model.config.vocab_size
-    with torch.no_grad(), native.native_log_silenced():  # llama::custom_sdpa's eager kernel logs to stderr
-        _, _, example_indices = prefill(example_ids)
-
-    ctx.step("exporting prefill graph")
-    seq = torch.export.Dim("seq", min=1, max=max_seq_len)
-    with torch.no_grad():
+    with torch.no_grad(), rope_through_glass(graph_lm):
+        with native.native_log_silenced():  # llama::custom_sdpa's eager kernel logs to stderr
+            _, _, example_indices = prefill(example_ids)
+        ctx.step("exporting prefill graph")
+        seq = torch.export.Dim("seq", min=1, max=max_seq_len)
         prefill_ep = torch.export.export(prefill, (example_ids,), dynamic_shapes=({1: seq},), strict=False)
-    ctx.step("exporting decode graph")
-    position = torch.tensor([[example_ids.shape[1]]])
-    with torch.no_grad():
+        ctx.step("exporting decode graph")
+        position = torch.tensor([[example_ids.shape[1]]])
         decode_ep = torch.export.export(decode, (example_ids[:, :1], position, example_indices), strict=False)
 
     ctx.step("lowering to XNNPACK")

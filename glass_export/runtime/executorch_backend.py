@@ -38,7 +38,7 @@ class ExecuTorchBackend(Backend):
         self.directory, self.manifest = directory, manifest
         self.max_seq_len = manifest.max_seq_len
         self.kernel_library = None
-        if manifest.native_library:  # dense twins call no glass kernel
+        if manifest.native_library:  # a program without glass ops needs none
             try:
                 self.kernel_library = native.load_executorch_kernels()
             except native.NativeLibraryMissing as exc:

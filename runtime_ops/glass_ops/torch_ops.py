@@ -42,6 +42,8 @@ SCHEMAS = {
     "linear_rows": "Tensor x, Tensor weight",
     "linear_rows_q": "Tensor x, Tensor codes, Tensor scales, int bits, int block_size, int accuracy_level",
     "embedding_q": "Tensor ids, Tensor codes, Tensor scales, int bits, int block_size",
+    # transformers' rotary embedding of x [batch, heads, tokens, head_dim] by cos, sin [batch, tokens, head_dim]
+    "rope": "Tensor x, Tensor cos, Tensor sin",
 }
 for _name, _args in SCHEMAS.items():
     torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
@@ -238,16 +240,25 @@ def embedding_q_reference(ids, codes, scales, bits, block_size):
     return dequantize(codes[flat], scales[flat], bits).reshape(*ids.shape, -1)
 
 
+def rope_reference(x, cos, sin):
+    if x.dim() != 4 or cos.shape != sin.shape or cos.shape != (x.shape[0], x.shape[2], x.shape[3]) or x.shape[3] % 2:
+        raise ValueError(f"glass::rope: x {tuple(x.shape)} and cos, sin {tuple(cos.shape)} do not fit together")
+    first, second = x.chunk(2, dim=-1)
+    return x * cos.unsqueeze(1) + torch.cat((-second, first), dim=-1) * sin.unsqueeze(1)
+
+
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
               "gather_ffn_q": gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
               "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference,
               "linear_rows": linear_rows_reference, "linear_rows_q": linear_rows_q_reference,
-              "embedding_q": embedding_q_reference}
+              "embedding_q": embedding_q_reference, "rope": rope_reference}
 
 
 def _output_shape(name, args):
     if name == "normalised_square_sum":
         return (args[0].shape[-1],)
+    if name == "rope":
+        return args[0].shape
     x, weights = args[0], args[1]
     if name in ("gather_ffn", "gather_ffn_q"):
         return x.shape

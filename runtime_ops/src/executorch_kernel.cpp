@@ -7,6 +7,7 @@
 //   glass::normalised_square_sum.out  the prefill's float64 local statistic of one layer
 //   glass::linear_rows.out, glass::linear_rows_q.out, glass::embedding_q.out: a tied embedding's LM head
 //                          and (quantised) lookup over the one stored table (tied_embedding.h)
+//   glass::rope.out        transformers' rotary embedding of the queries or keys (rope.h)
 // Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -18,6 +19,7 @@
 
 #include "gather_ffn.h"
 #include "quant_decode.h"
+#include "rope.h"
 #include "tied_embedding.h"
 
 namespace glass_et {
@@ -272,6 +274,22 @@ Tensor& embedding_q_out(KernelRuntimeContext& ctx, const Tensor& ids, const Tens
   return out;
 }
 
+// x [batch, heads, tokens, head_dim]; cos, sin [batch, tokens, head_dim]; out like x.
+Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, const Tensor& sin, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &cos, &sin, &out}), "glass::rope: x, cos, sin and out must be contiguous float32");
+  GLASS_CHECK(x.dim() == 4 && cos.dim() == 3 && executorch::runtime::tensors_have_same_shape(cos, sin) &&
+                  cos.size(0) == x.size(0) && cos.size(1) == x.size(2) && cos.size(2) == x.size(3) && x.size(3) % 2 == 0,
+              "glass::rope: expected x [batch, heads, tokens, head_dim] (head_dim even) and cos, sin [batch, tokens, head_dim]");
+  GLASS_CHECK(executorch::runtime::resize_tensor(out, x.sizes()) == Error::Ok, "glass::rope: cannot resize out");
+  const int64_t heads = x.size(1), tokens = x.size(2), head_dim = x.size(3), row = heads * tokens * head_dim;
+  for (int64_t b = 0; b < x.size(0); ++b) {
+    glass::rotate_half_rope(x.const_data_ptr<float>() + b * row, heads, tokens, head_dim,
+                            cos.const_data_ptr<float>() + b * tokens * head_dim,
+                            sin.const_data_ptr<float>() + b * tokens * head_dim, out.mutable_data_ptr<float>() + b * row);
+  }
+  return out;
+}
+
 #undef GLASS_CHECK
 
 }  // namespace glass_et
@@ -286,3 +304,4 @@ EXECUTORCH_LIBRARY(glass, "normalised_square_sum.out", glass_et::normalised_squa
 EXECUTORCH_LIBRARY(glass, "linear_rows.out", glass_et::linear_rows_out);
 EXECUTORCH_LIBRARY(glass, "linear_rows_q.out", glass_et::linear_rows_q_out);
 EXECUTORCH_LIBRARY(glass, "embedding_q.out", glass_et::embedding_q_out);
+EXECUTORCH_LIBRARY(glass, "rope.out", glass_et::rope_out);
