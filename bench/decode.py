@@ -169,7 +169,7 @@ def export_all(args, work: Path, prompt_len: int) -> dict:
     from glass_export.quantization import QuantScheme
     from glass_export.selection import SelectionConfig
 
-    sparse = SelectionConfig(args.method, args.density, args.lam if args.method.endswith("glass") else None)
+    sparse = SelectionConfig(args.method, args.density, args.lam)
     dirs = {}
     for target in args.targets:
         for scheme in args.schemes_of[target]:
@@ -235,6 +235,11 @@ def main() -> None:
     from glass_export.cli import quiet_libraries
     from glass_export.models import load_tokenizer
     from glass_export.prompts import encode_prompt
+    from glass_export.selection import METHODS
+
+    if args.method not in METHODS:
+        parser.error(f"--method must be one of {', '.join(METHODS)}")
+    args.lam = args.lam if METHODS[args.method].takes_lambda else None  # one fact for the export and the JSON
 
     torch.set_num_threads(args.threads)
     quiet_libraries()
@@ -301,7 +306,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"model": str(args.model), "prompt_tokens": len(prompt), "decode_tokens": args.decode_tokens,
               "threads": args.threads, "rounds": args.rounds, "method": args.method, "density": args.density,
-              "lambda": args.lam if args.method.endswith("glass") else None, "rows": rows, "ratios": ratios,
+              "lambda": args.lam, "rows": rows, "ratios": ratios,
               "machine": machine()}
     (args.out / "decode_speedup.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, args.out / "decode_speedup.png", result)
