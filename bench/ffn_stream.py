@@ -30,31 +30,25 @@ from pathlib import Path
 logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import glass_ops  # noqa: E402
 from glass_ops import native  # noqa: E402
 
+from ffn_kernel import DenseFFN, executorch_method  # noqa: E402  (bench/, the script's own directory)
+
 ACCURACY_LEVEL = 4  # int8 activations, as every quantised export
-SILU = glass_ops.ACTIVATION_CODES["silu"]  # the dense stack's F.silu
+SILU = glass_ops.ACTIVATION_CODES["silu"]  # DenseFFN's F.silu
 
 
 class DenseStack(torch.nn.Module):
     def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         super().__init__()
-        self.layers = torch.nn.ModuleList()
-        for gate, up, down in weights:
-            layer = torch.nn.Module()
-            layer.gate, layer.up, layer.down = (torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
-                                                for w in (gate, up, down))
-            for linear, w in ((layer.gate, gate), (layer.up, up), (layer.down, down)):
-                linear.weight = torch.nn.Parameter(w.clone(), requires_grad=False)
-            self.layers.append(layer)
+        self.layers = torch.nn.ModuleList(DenseFFN(gate, up, down) for gate, up, down in weights)
 
     def forward(self, x):
         y = x
-        for layer in self.layers:
-            y = y + layer.down(F.silu(layer.gate(x)) * layer.up(x))
+        for ffn in self.layers:
+            y = y + ffn(x)
         return y
 
 
@@ -84,17 +78,6 @@ class GatherStack(torch.nn.Module):
         return y
 
 
-def lowered(module, example, path: Path):
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
-    from executorch.runtime import Runtime
-
-    program = to_edge_transform_and_lower(torch.export.export(module, example, strict=False),
-                                          partitioner=[XnnpackPartitioner()]).to_executorch()
-    path.write_bytes(program.buffer)
-    return Runtime.get().load_program(str(path)).load_method("forward"), len(program.buffer)
-
-
 def kept_row_bytes(d: int, k: int, bits: int, group_size: int) -> int:
     """What one decode step reads of a layer's kept neurons: the gate, up and down rows' codes and their
     float16 scales (the decode pack, runtime_ops/src/quant_decode.h)."""
@@ -117,8 +100,8 @@ def bench_layers(layers: int, d: int, m: int, density: float, group_size: int, r
     dense = DenseStack(weights).eval()
     torchao_quantize(dense, QuantScheme("int4", group_size=group_size), include_ffn=True, embedding=False)
     del weights
-    sparse_method, _ = lowered(gather, (x, idx), workdir / f"gather{layers}.pte")
-    dense_method, dense_size = lowered(dense, (x,), workdir / f"dense{layers}.pte")
+    sparse_method = executorch_method(gather, (x, idx), workdir / f"gather{layers}.pte")
+    dense_method = executorch_method(dense, (x,), workdir / f"dense{layers}.pte")
     # atol 1e-2 over the sum of L FFNs: the kernel's float sums differ from the reference's in their last
     # bits, and now and then that moves one int8 down coefficient by a step (about 1e-3 in one output)
     torch.testing.assert_close(sparse_method.execute([x, idx])[0], want, atol=1e-2, rtol=1e-3)
@@ -134,7 +117,8 @@ def bench_layers(layers: int, d: int, m: int, density: float, group_size: int, r
             times[name].append((time.perf_counter() - start) * 1e6 / layers)
     us = {name: statistics.median(values) for name, values in times.items()}
     # the stock program holds nothing but the FFN weights, which XNNPACK reads whole every call
-    dense_bytes, glass_bytes = dense_size / layers, kept_row_bytes(d, k, 4, group_size)
+    dense_bytes = (workdir / f"dense{layers}.pte").stat().st_size / layers
+    glass_bytes = kept_row_bytes(d, k, 4, group_size)
     return dict(layers=layers, k=k, dense_us=us["dense"], glass_us=us["glass"], dense_mb=dense_bytes / 1e6,
                 glass_mb=glass_bytes / 1e6, dense_gbs=dense_bytes / us["dense"] / 1e3,
                 glass_gbs=glass_bytes / us["glass"] / 1e3)
