@@ -52,18 +52,29 @@ class DenseStack(torch.nn.Module):
         return y
 
 
+def quantized_ffn_buffers(weights, bits: int, group_size: int) -> list[dict[str, torch.Tensor]]:
+    """Each FFN's neuron-contiguous rows quantised as an artifact stores them: gate_up_codes,
+    gate_up_scales, down_codes, down_scales (the glass ops' arguments)."""
+    from glass_export.quantization import quantize_rows
+
+    layers = []
+    for gate, up, down in weights:
+        w_gate_up, w_down_t = glass_ops.pack_ffn_weights(gate, up, down)
+        buffers = {}
+        for name, rows in (("gate_up", w_gate_up.reshape(-1, w_gate_up.shape[-1])), ("down", w_down_t)):
+            q = quantize_rows(rows.numpy(), bits, group_size)
+            buffers[f"{name}_codes"], buffers[f"{name}_scales"] = torch.from_numpy(q.blocked_codes()), torch.from_numpy(q.scales)
+        layers.append(buffers)
+    return layers
+
+
 class GatherStack(torch.nn.Module):
     def __init__(self, weights, bits: int, group_size: int):
-        from glass_export.quantization import quantize_rows
-
         super().__init__()
         self.bits, self.group_size, self.count = bits, group_size, len(weights)
-        for i, (gate, up, down) in enumerate(weights):
-            w_gate_up, w_down_t = glass_ops.pack_ffn_weights(gate, up, down)
-            for name, rows in (("gate_up", w_gate_up.reshape(-1, w_gate_up.shape[-1])), ("down", w_down_t)):
-                q = quantize_rows(rows.numpy(), bits, group_size)
-                self.register_buffer(f"{name}_codes{i}", torch.from_numpy(q.blocked_codes()))
-                self.register_buffer(f"{name}_scales{i}", torch.from_numpy(q.scales))
+        for i, buffers in enumerate(quantized_ffn_buffers(weights, bits, group_size)):
+            for name, tensor in buffers.items():
+                self.register_buffer(f"{name}{i}", tensor)
 
     def ffn(self, i: int, x, idx):
         codes_and_scales = (getattr(self, f"{name}{i}") for name in ("gate_up_codes", "gate_up_scales", "down_codes",
@@ -124,6 +135,15 @@ def bench_layers(layers: int, d: int, m: int, density: float, group_size: int, r
                 glass_gbs=glass_bytes / us["glass"] / 1e3)
 
 
+def parse_shape_and_counts(parser: argparse.ArgumentParser, shape: str, flag: str, counts: str):
+    """--shape HIDDENxINTERMEDIATE and the comma-separated integers of `flag`, or the parser's error."""
+    try:
+        d, m = (int(v) for v in shape.lower().split("x"))
+        return d, m, [int(v) for v in counts.split(",")]
+    except ValueError:
+        parser.error(f"--shape is HIDDENxINTERMEDIATE (e.g. 576x1536) and {flag} comma-separated integers")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="576x1536", help="hidden x intermediate (default: SmolLM2-135M's)")
@@ -134,11 +154,7 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
-    try:
-        d, m = (int(v) for v in args.shape.lower().split("x"))
-        layer_counts = [int(v) for v in args.layers.split(",")]
-    except ValueError:
-        parser.error("--shape is HIDDENxINTERMEDIATE (e.g. 576x1536) and --layers comma-separated integers")
+    d, m, layer_counts = parse_shape_and_counts(parser, args.shape, "--layers", args.layers)
     if d % args.group_size or not 0 < args.density <= 1 or min(layer_counts) < 1:
         parser.error("the group size must divide the hidden size, the density lie in (0, 1] and layers be >= 1")
 
