@@ -245,8 +245,8 @@ inline void group_coefs_scalar(const DecodePack& pack, int64_t J, const float* z
 }
 
 inline const QuantKernels& scalar_kernels() {
-  static const QuantKernels table{"scalar", gate_up_tiles_scalar, group_coefs_scalar, down_group_scalar,
-                                  madd_rows_scalar};
+  static const QuantKernels table{"scalar", gate_up_tiles_each_token<gate_up_tiles_scalar>, group_coefs_scalar,
+                                  down_group_scalar, madd_rows_scalar, activate_product_scalar};
   return table;
 }
 
@@ -271,13 +271,12 @@ void gather_ffn_quant(const float* x, int64_t n_tokens, const DecodePack& pack, 
       for (int64_t J = begin; J < end; ++J) {
         const int64_t tiles = kDownGroup / kTileRows;
         if (int8) {
-          kernels.gate_up_tiles(pack, prepared, J * tiles, (J + 1) * tiles, gate, up);
+          kernels.gate_up_tiles(pack, &prepared, 1, J * tiles, (J + 1) * tiles, gate, up);
         } else {
           gate_up_tiles_float(pack, xt, J * tiles, (J + 1) * tiles, gate, up);
         }
-        for (int64_t j = 0; j < kDownGroup; ++j) {
-          z[j] = J * kDownGroup + j < pack.k ? activate(act, gate[j]) * up[j] : 0.0f;  // padding neurons: 0
-        }
+        kernels.activate_product(act, gate, up, z, kDownGroup);
+        for (int64_t j = pack.k - J * kDownGroup; j < kDownGroup; ++j) z[j] = 0.0f;  // padding neurons
         if (int8) {
           kernels.group_coefs(pack, J, z, coefs);
           kernels.down_group(pack, coefs, J, acc);

@@ -284,9 +284,12 @@ struct GroupCoefs;
 // The primitives every SIMD variant implements.
 struct QuantKernels {
   const char* name;
-  // Int8 accuracy: gate . x and up . x of the neurons of tiles [t0, t1), into gate[16 (t - t0) + r]
-  // and up[...]: the sparse decode's kept neurons (quant_decode.h), the dense prefill's all.
-  void (*gate_up_tiles)(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up);
+  // Int8 accuracy: gate . x_n and up . x_n of tokens x[0, n_tokens) and the neurons of tiles [t0, t1),
+  // into gate[16 (t1 - t0) n + 16 (t - t0) + r] and up[...]: the sparse decode's kept neurons
+  // (quant_decode.h; one token), the dense prefill's all (several tokens share each pass over a tile).
+  // Each token's values are the same bits however many tokens a call takes.
+  void (*gate_up_tiles)(const GateUpTiles& pack, const PreparedX* x, int64_t n_tokens, int64_t t0, int64_t t1,
+                        float* gate, float* up);
   // Neuron group J's int8 down coefficients from its 32 activations z: GroupCoefs::compute's values,
   // bit for bit (the same float products, block maxima and round-half-even conversion).
   void (*group_coefs)(const DecodePack& pack, int64_t J, const float* z, GroupCoefs& out);
@@ -296,9 +299,25 @@ struct QuantKernels {
   // y[t * y_stride + c] += sum over r < n_rows of z[t * z_stride + r] * rows[r * width + c].
   void (*madd_rows)(const float* z, int64_t z_stride, int64_t n_tokens, const float* rows, int64_t n_rows,
                     int64_t width, float* y, int64_t y_stride);
+  // z[i] = act(gate[i]) * up[i], i < n (activation_vector.h; the scalar variant: glass::activate).
+  void (*activate_product)(Activation act, const float* gate, const float* up, float* z, int64_t n);
 };
 
+// QuantKernels::gate_up_tiles from a kernel of one token: token after token.
+using GateUpTilesOfOne = void (*)(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate,
+                                  float* up);
+template <GateUpTilesOfOne kernel>
+void gate_up_tiles_each_token(const GateUpTiles& pack, const PreparedX* x, int64_t n_tokens, int64_t t0, int64_t t1,
+                              float* gate, float* up) {
+  const int64_t stride = (t1 - t0) * kTileRows;
+  for (int64_t n = 0; n < n_tokens; ++n) kernel(pack, x[n], t0, t1, gate + n * stride, up + n * stride);
+}
+
 // --- portable scalar versions (the reference) ---------------------------------------------
+
+inline void activate_product_scalar(Activation act, const float* gate, const float* up, float* z, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) z[i] = activate(act, gate[i]) * up[i];
+}
 
 inline int code_at(const uint8_t* row, int bits, int64_t i) {
   if (bits == 8) return row[i];
@@ -346,8 +365,9 @@ inline std::vector<PreparedX> prepare_tokens(const float* x, int64_t n_tokens, c
 }
 
 // Neurons the dense prefill packs at a time (ffn_up_quant): their tiles (18 KB of 4-bit codes for
-// SmolLM2's d = 576) stay in L1 while every token meets them.
+// SmolLM2's d = 576) stay in L1 while every token meets them, up to kPrefillTokens tokens a kernel call.
 constexpr int64_t kPrefillTileNeurons = 32;
+constexpr int64_t kPrefillTokens = 32;
 
 // Dense prefill, first half: z [n_tokens, m] = act(x . gate_i) * (x . up_i) for every neuron.
 template <typename ParallelFor>
@@ -362,14 +382,18 @@ void ffn_up_quant(const float* x, int64_t n_tokens, const QuantRows& gate_up, in
     for_each_task(chunks, n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
       GateUpTiles tiles;
       int64_t idx[kPrefillTileNeurons];
-      float gate[kPrefillTileNeurons], up[kPrefillTileNeurons];
+      float gate[kPrefillTokens * kPrefillTileNeurons], up[kPrefillTokens * kPrefillTileNeurons];
       for (int64_t c = begin; c < end; ++c) {
         const int64_t first = c * kPrefillTileNeurons, count = std::min(kPrefillTileNeurons, m - first);
         for (int64_t j = 0; j < count; ++j) idx[j] = first + j;
         tiles.assign(gate_up, idx, count, (count + kTileRows - 1) / kTileRows * kTileRows);
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          kernels.gate_up_tiles(tiles, prepared[t], 0, tiles.tiles(), gate, up);
-          for (int64_t j = 0; j < count; ++j) z[t * m + first + j] = activate(act, gate[j]) * up[j];
+        const int64_t rows = tiles.tiles() * kTileRows;
+        for (int64_t t0 = 0; t0 < n_tokens; t0 += kPrefillTokens) {
+          const int64_t n = std::min(kPrefillTokens, n_tokens - t0);
+          kernels.gate_up_tiles(tiles, prepared.data() + t0, n, 0, tiles.tiles(), gate, up);
+          for (int64_t t = 0; t < n; ++t) {
+            kernels.activate_product(act, gate + t * rows, up + t * rows, z + (t0 + t) * m + first, count);
+          }
         }
       }
     });

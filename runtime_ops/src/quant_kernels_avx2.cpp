@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "activation_vector.h"
 #include "dense_tile.h"
 #include "quant_decode.h"
 
@@ -37,7 +38,7 @@ inline __m256i lane_dot8(__m256i codes, __m256i word) {
 
 inline __m256i load256(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
 
-void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
+void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int64_t spb = pack.subs_per_block();
   const __m256i low = _mm256_set1_epi8(0x0F);
   for (int64_t t = t0; t < t1; ++t) {
@@ -180,7 +181,9 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* avx2_kernels() {
-  static const QuantKernels table{"avx2", gate_up_tiles, group_coefs, down_group, madd_rows_tiled<8, 4, 3>};
+  static const QuantKernels table{"avx2", gate_up_tiles_each_token<gate_up_tiles_one>,
+                                  group_coefs, down_group,
+                                  madd_rows_tiled<8, 4, 3>, activate_product_lanes<8>};
   return &table;
 }
 

@@ -6,8 +6,10 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
+#include "activation_vector.h"
 #include "dense_tile.h"
 #include "quant_decode.h"
 
@@ -27,47 +29,85 @@ inline __m512i broadcast_word(const int8_t* p) {
 
 // 4-bit codes: the low nibbles are masked, the high ones kept in place (16 u, no shift); vpdpbusd
 // does not saturate, so their dot products are exactly 16 times the codes' and shift back per block.
-void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
+// NT tokens at a time: each code register (and its masking, and the block's scales) serves NT tokens.
+template <int NT>
+void gate_up_tile_tokens(const GateUpTiles& pack, const PreparedX* x, int64_t t, float* gate, float* up,
+                         int64_t stride) {
   const int64_t spb = pack.subs_per_block();
   const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(static_cast<char>(0xF0));
-  for (int64_t t = t0; t < t1; ++t) {
-    __m512 sums[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t g = 0; g < pack.blocks(); ++g) {
-      __m512i acc[2][2] = {{_mm512_setzero_si512(), _mm512_setzero_si512()},
-                           {_mm512_setzero_si512(), _mm512_setzero_si512()}};  // [gate / up][two chains]
-      for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
-        const uint8_t* tiles[2] = {pack.gate_up_tile(t, 0, s), pack.gate_up_tile(t, 1, s)};
-        for (const uint8_t* tile : tiles) prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
-        if (pack.bits == 4) {
-          for (int p = 0; p < 4; ++p) {
-            const __m512i even = broadcast_word(x.even.data() + s * 16 + 4 * p);
-            const __m512i odd = broadcast_word(x.odd.data() + s * 16 + 4 * p);
+  __m512 sums[NT][2];
+  for (auto& token : sums) token[0] = token[1] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < pack.blocks(); ++g) {
+    __m512i acc[NT][2][2];  // [token][gate / up][4-bit: low, high nibbles; 8-bit: two chains]
+    for (auto& token : acc) {
+      for (auto& half : token) half[0] = half[1] = _mm512_setzero_si512();
+    }
+    for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
+      const uint8_t* tiles[2] = {pack.gate_up_tile(t, 0, s), pack.gate_up_tile(t, 1, s)};
+      for (const uint8_t* tile : tiles) prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
+      if (pack.bits == 4) {
+        for (int p = 0; p < 4; ++p) {
+          __m512i codes[2][2];  // [half][low, high]
+          for (int half = 0; half < 2; ++half) {
+            const __m512i bytes = _mm512_loadu_si512(tiles[half] + 64 * p);
+            codes[half][0] = _mm512_and_si512(bytes, low);
+            codes[half][1] = _mm512_and_si512(bytes, high);
+          }
+          for (int n = 0; n < NT; ++n) {
+            const __m512i even = broadcast_word(x[n].even.data() + s * 16 + 4 * p);
+            const __m512i odd = broadcast_word(x[n].odd.data() + s * 16 + 4 * p);
             for (int half = 0; half < 2; ++half) {
-              const __m512i codes = _mm512_loadu_si512(tiles[half] + 64 * p);
-              acc[half][0] = _mm512_dpbusd_epi32(acc[half][0], _mm512_and_si512(codes, low), even);
-              acc[half][1] = _mm512_dpbusd_epi32(acc[half][1], _mm512_and_si512(codes, high), odd);
+              acc[n][half][0] = _mm512_dpbusd_epi32(acc[n][half][0], codes[half][0], even);
+              acc[n][half][1] = _mm512_dpbusd_epi32(acc[n][half][1], codes[half][1], odd);
             }
           }
-        } else {
-          for (int p = 0; p < 8; ++p) {
-            const __m512i word = broadcast_word(x.natural.data() + s * 32 + 4 * p);
+        }
+      } else {
+        for (int p = 0; p < 8; ++p) {
+          const __m512i codes[2] = {_mm512_loadu_si512(tiles[0] + 64 * p), _mm512_loadu_si512(tiles[1] + 64 * p)};
+          for (int n = 0; n < NT; ++n) {
+            const __m512i word = broadcast_word(x[n].natural.data() + s * 32 + 4 * p);
             for (int half = 0; half < 2; ++half) {
-              acc[half][p & 1] = _mm512_dpbusd_epi32(acc[half][p & 1], _mm512_loadu_si512(tiles[half] + 64 * p), word);
+              acc[n][half][p & 1] = _mm512_dpbusd_epi32(acc[n][half][p & 1], codes[half], word);
             }
           }
         }
       }
-      const __m512i zero = _mm512_set1_epi32(x.block_zero[g]);
-      const __m512 x_scale = _mm512_set1_ps(x.sub_scale[g * spb]);
+    }
+    const __m512 scales[2] = {load_halves16(pack.gate_up_scales(t, 0, g)), load_halves16(pack.gate_up_scales(t, 1, g))};
+    for (int n = 0; n < NT; ++n) {
+      const __m512i zero = _mm512_set1_epi32(x[n].block_zero[g]);
+      const __m512 x_scale = _mm512_set1_ps(x[n].sub_scale[g * spb]);
       for (int half = 0; half < 2; ++half) {
-        const __m512i odd = pack.bits == 4 ? _mm512_srai_epi32(acc[half][1], 4) : acc[half][1];
-        const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[half][0], odd), zero);
-        const __m512 scale = _mm512_mul_ps(load_halves16(pack.gate_up_scales(t, half, g)), x_scale);
-        sums[half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, sums[half]);
+        const __m512i second = pack.bits == 4 ? _mm512_srai_epi32(acc[n][half][1], 4) : acc[n][half][1];
+        const __m512i ints = _mm512_sub_epi32(_mm512_add_epi32(acc[n][half][0], second), zero);
+        sums[n][half] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), _mm512_mul_ps(scales[half], x_scale), sums[n][half]);
       }
     }
-    _mm512_storeu_ps(gate + (t - t0) * kTileRows, sums[0]);
-    _mm512_storeu_ps(up + (t - t0) * kTileRows, sums[1]);
+  }
+  for (int n = 0; n < NT; ++n) {
+    _mm512_storeu_ps(gate + n * stride, sums[n][0]);
+    _mm512_storeu_ps(up + n * stride, sums[n][1]);
+  }
+}
+
+// Up to 4 tokens per pass over a tile.
+void gate_up_tiles(const GateUpTiles& pack, const PreparedX* x, int64_t n_tokens, int64_t t0, int64_t t1, float* gate,
+                   float* up) {
+  const int64_t stride = (t1 - t0) * kTileRows;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = (t - t0) * kTileRows;
+    for (int64_t n = 0; n < n_tokens; n += 4) {
+      const PreparedX* xs = x + n;
+      float* g = gate + n * stride + row;
+      float* u = up + n * stride + row;
+      switch (std::min<int64_t>(4, n_tokens - n)) {
+        case 4: gate_up_tile_tokens<4>(pack, xs, t, g, u, stride); break;
+        case 3: gate_up_tile_tokens<3>(pack, xs, t, g, u, stride); break;
+        case 2: gate_up_tile_tokens<2>(pack, xs, t, g, u, stride); break;
+        default: gate_up_tile_tokens<1>(pack, xs, t, g, u, stride); break;
+      }
+    }
   }
 }
 
@@ -139,7 +179,8 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* avx512vnni_kernels() {
-  static const QuantKernels table{"avx512vnni", gate_up_tiles, group_coefs, down_group, madd_rows_tiled<16, 4, 4>};
+  static const QuantKernels table{"avx512vnni", gate_up_tiles, group_coefs, down_group,
+                                  madd_rows_tiled<16, 4, 4>, activate_product_lanes<16>};
   return &table;
 }
 

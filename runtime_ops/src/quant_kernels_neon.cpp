@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "activation_vector.h"
 #include "dense_tile.h"
 #include "quant_decode.h"
 
@@ -48,7 +49,7 @@ inline int8x16_t broadcast_word(const int8_t* p) {
 inline int8x16_t low_nibbles(uint8x16_t bytes) { return vreinterpretq_s8_u8(vandq_u8(bytes, vdupq_n_u8(0x0F))); }
 inline int8x16_t high_nibbles(uint8x16_t bytes) { return vreinterpretq_s8_u8(vshrq_n_u8(bytes, 4)); }
 
-void gate_up_tiles(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
+void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, int64_t t1, float* gate, float* up) {
   const int64_t spb = pack.subs_per_block();
   for (int64_t t = t0; t < t1; ++t) {
     for (int half = 0; half < 2; ++half) {
@@ -162,7 +163,9 @@ void down_group(const DecodePack& pack, const GroupCoefs& coefs, int64_t J, floa
 }  // namespace
 
 const QuantKernels* GLASS_NEON_TABLE() {
-  static const QuantKernels table{GLASS_NEON_NAME, gate_up_tiles, group_coefs, down_group, madd_rows_tiled<4, 4, 4>};
+  static const QuantKernels table{GLASS_NEON_NAME, gate_up_tiles_each_token<gate_up_tiles_one>,
+                                  group_coefs, down_group,
+                                  madd_rows_tiled<4, 4, 4>, activate_product_lanes<4>};
   return &table;
 }
 

@@ -91,16 +91,20 @@ void linear_rows_quant(const float* x, int64_t n_tokens, const QuantRows& rows, 
     const std::vector<PreparedX> prepared = prepare_tokens(x, n_tokens, rows, accuracy);
     for_each_task(pack->tiles(), n_tasks, parallel_for, [&](int64_t, int64_t begin, int64_t end) {
       const int64_t step = n_tokens == 1 ? kRowsRunTiles : kRowsPassTiles;
+      const int64_t tokens_a_call = kRowsRunTiles / step;  // what the buffers below hold
       float even[kTileRows * kRowsRunTiles], odd[kTileRows * kRowsRunTiles];
       for (int64_t t0 = begin; t0 < end; t0 += step) {
-        const int64_t t1 = std::min(end, t0 + step);
-        const int64_t first = t0 * kTileRows, count = std::min((t1 - t0) * kTileRows, pack->k - first);
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          kernels.gate_up_tiles(*pack, prepared[t], t0, t1, even, odd);
-          float* logits = out + t * n_rows + 2 * first;
-          for (int64_t j = 0; j < count; ++j) {
-            logits[2 * j] = even[j];
-            logits[2 * j + 1] = odd[j];
+        const int64_t t1 = std::min(end, t0 + step), rows = (t1 - t0) * kTileRows;
+        const int64_t first = t0 * kTileRows, count = std::min(rows, pack->k - first);
+        for (int64_t n0 = 0; n0 < n_tokens; n0 += tokens_a_call) {
+          const int64_t n = std::min(tokens_a_call, n_tokens - n0);
+          kernels.gate_up_tiles(*pack, prepared.data() + n0, n, t0, t1, even, odd);
+          for (int64_t t = 0; t < n; ++t) {
+            float* logits = out + (n0 + t) * n_rows + 2 * first;
+            for (int64_t j = 0; j < count; ++j) {
+              logits[2 * j] = even[t * rows + j];
+              logits[2 * j + 1] = odd[t * rows + j];
+            }
           }
         }
       }

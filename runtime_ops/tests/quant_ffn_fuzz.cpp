@@ -25,9 +25,10 @@
 
 namespace {
 
+// (GELU's 0.5 g (1 + tanh y) as g / (1 + e^-2y): the same function, without the cancellation for negative g.)
 double act_ref(glass::Activation act, double g) {
   if (act == glass::Activation::SiLU) return g / (1.0 + std::exp(-g));
-  return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)));
+  return g / (1.0 + std::exp(-2.0 * std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)));
 }
 
 struct Case {
@@ -156,6 +157,21 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
   const int64_t kk = static_cast<int64_t>(k.idx.size());
   const glass::DecodePack pack(gu, dn, k.idx.data(), kk);
   if (!pack.holds(gu, dn, k.idx.data(), kk)) return "a fresh pack does not hold its own kept set";
+  if (k.accuracy == glass::Accuracy::Int8) {  // all tokens in one gate/up call: each token's bits as alone
+    std::vector<glass::PreparedX> xs(k.tokens);
+    for (int64_t t = 0; t < k.tokens; ++t) glass::prepare_x(k.x.data() + t * k.d, k.d, k.bits, k.block, k.accuracy, xs[t]);
+    const int64_t rows = pack.tiles() * glass::kTileRows;
+    std::vector<float> gate(k.tokens * rows), up(k.tokens * rows), gate_one(rows), up_one(rows);
+    const glass::QuantKernels& kernels = glass::quant_kernels();
+    kernels.gate_up_tiles(pack, xs.data(), k.tokens, 0, pack.tiles(), gate.data(), up.data());
+    for (int64_t t = 0; t < k.tokens; ++t) {
+      kernels.gate_up_tiles(pack, &xs[t], 1, 0, pack.tiles(), gate_one.data(), up_one.data());
+      for (int64_t j = 0; j < rows; ++j) {
+        if (gate[t * rows + j] != gate_one[j]) return mismatch("gate, tokens together vs alone", t, j, gate[t * rows + j], gate_one[j]);
+        if (up[t * rows + j] != up_one[j]) return mismatch("up, tokens together vs alone", t, j, up[t * rows + j], up_one[j]);
+      }
+    }
+  }
   std::vector<float> y(k.tokens * k.d);
   glass::gather_ffn_quant(k.x.data(), k.tokens, pack, k.act, k.accuracy, y.data(), 1 + kk % 3, glass::SerialFor{});
   const glass::QuantKernels& kernels = glass::quant_kernels();
@@ -177,7 +193,7 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
     glass::PreparedX x;
     glass::prepare_x(k.x.data() + t * k.d, k.d, k.bits, k.block, k.accuracy, x);
     std::vector<float> gate(pack.k_pad), up(pack.k_pad), z(pack.k_pad, 0.0f), y_staged(k.d, 0.0f);
-    kernels.gate_up_tiles(pack, x, 0, pack.tiles(), gate.data(), up.data());
+    kernels.gate_up_tiles(pack, &x, 1, 0, pack.tiles(), gate.data(), up.data());
     const std::vector<double> xs = seen_x(k, t);
     for (int64_t j = 0; j < kk; ++j) {
       double g = 0, u = 0, scale = 0;
@@ -188,8 +204,8 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
       }
       if (!close(gate[j], g, std::max(1.0, scale))) return mismatch("decode gate", t, j, gate[j], g);
       if (!close(up[j], u, std::max(1.0, scale))) return mismatch("decode up", t, j, up[j], u);
-      z[j] = glass::activate(k.act, gate[j]) * up[j];
     }
+    kernels.activate_product(k.act, gate.data(), up.data(), z.data(), kk);  // as the op computes them
     // each group's down share against float64 sums of its own int8 coefficients
     std::vector<double> want(k.d, 0.0), rounding(k.d, 0.0);
     for (int64_t J = 0; J < pack.groups(); ++J) {
@@ -219,6 +235,35 @@ std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass:
       for (int64_t j = 0; j < kk; ++j) exact += double(z[j]) * weight(k.dn_codes, k.dn_scales, k, k.idx[j], i);
       if (std::fabs(yt[i] - exact) > rounding[i] * 1.0001 + 1e-4 * tolerance + 1e-5) {
         return mismatch("decode y vs the float FFN", t, i, yt[i], exact);
+      }
+    }
+  }
+  return "";
+}
+
+// The variant's activation against float64 over the whole float range: within relative 1e-6 (about 8 ulp)
+// times 1 + |a|, a the argument of its exponential (-g, or GELU's -2y, itself a rounded float: e^a turns
+// its rounding into a relative error of |a| ulp), or twice the scalar definition's own error
+// (glass::activate's tanh-GELU cancels for negative g); the saturated tails, where the exact values
+// underflow, within 1e-36; and in a run shorter than a vector.
+std::string check_activation(std::mt19937_64& rng) {
+  std::vector<float> gate = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-3f, -1e-3f, 0.5f, -0.5f, 3.0f, -3.0f, 9.0f, -9.0f,
+                             40.0f, -40.0f, 87.0f, -87.0f, 89.0f, -89.0f, 200.0f, -200.0f, 3e38f, -3e38f};
+  std::uniform_real_distribution<float> wide(-30.0f, 30.0f);
+  for (int i = 0; i < 977; ++i) gate.push_back(wide(rng));
+  const std::vector<float> ones(gate.size(), 1.0f);
+  std::vector<float> z(gate.size());
+  const glass::QuantKernels& kernels = glass::quant_kernels();
+  for (const glass::Activation act : {glass::Activation::SiLU, glass::Activation::GeluTanh}) {
+    for (const int64_t n : {int64_t(gate.size()), int64_t(5)}) {
+      kernels.activate_product(act, gate.data(), ones.data(), z.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const double g = gate[i], want = act_ref(act, g), scalar_error = std::fabs(glass::activate(act, gate[i]) - want);
+        const double argument = act == glass::Activation::SiLU ? g : 2 * std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g);
+        const double relative = 1e-6 * (1 + std::min(std::fabs(argument), 100.0));
+        if (std::fabs(z[i] - want) > std::max(relative * std::fabs(want), 2 * scalar_error) + 1e-36) {
+          return mismatch(act == glass::Activation::SiLU ? "silu" : "gelu_tanh", 0, i, z[i], want);
+        }
       }
     }
   }
@@ -314,10 +359,10 @@ int main(int argc, char** argv) {
     ++variants;
     std::mt19937_64 rng(99);
     int passed = 0, failed = 0;
-    const std::string ties = check_coefficient_ties();
-    if (!ties.empty()) {
+    for (const std::string& error : {check_coefficient_ties(), check_activation(rng)}) {
+      if (error.empty()) continue;
       ++failed;
-      std::printf("[%s] %s\n", name, ties.c_str());
+      std::printf("[%s] %s\n", name, error.c_str());
     }
     for (int c = 0; c < cases; ++c) {
       const Case k = random_case(rng, c);
