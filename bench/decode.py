@@ -230,6 +230,7 @@ def main() -> None:
     peers = [p for p in args.peers.split(",") if p]
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
+    import glass_export  # noqa: F401  (first: its thread settings must precede torch's import)
     import torch
 
     from glass_export.cli import quiet_libraries

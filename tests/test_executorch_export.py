@@ -5,6 +5,8 @@ identical kept-index sets, identical greedy tokens for 32 steps.
 """
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -244,3 +246,26 @@ def test_rope_through_glass_keeps_a_partial_rotary_embedding(tokenizer):
             for g, w in zip(got, want):
                 torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
     assert module.apply_rotary_pos_emb is original
+
+
+def test_prefill_starts_no_openmp_team(untied_artifact):
+    """llama::custom_sdpa calls MKL from ExecuTorch's pool threads; with glass_export's thread settings MKL starts
+    no OpenMP team there (a new thread per process, spinning on the cores ExecuTorch uses: glass_export/threads.py).
+    The control run, with MKL allowed 2 threads, shows the team the settings prevent."""
+    code = ("import os, sys, glass_export\n"
+            "from glass_export.runtime import open_artifact\n"
+            "backend = open_artifact(sys.argv[1], threads=2)\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "backend.prefill(list(range(1, 40)))\n"
+            "print(len(os.listdir('/proc/self/task')) - before)\n")
+
+    def new_threads(**env):
+        environment = {k: v for k, v in os.environ.items() if k != "MKL_NUM_THREADS"}
+        result = subprocess.run([sys.executable, "-c", code, str(untied_artifact)], env={**environment, **env},
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.split()[-1])
+
+    assert new_threads() == 0
+    if (os.cpu_count() or 1) > 1 and torch.backends.mkl.is_available():
+        assert new_threads(MKL_NUM_THREADS="2") > 0
