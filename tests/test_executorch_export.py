@@ -6,7 +6,6 @@ identical kept-index sets, identical greedy tokens for 32 steps.
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -30,6 +29,7 @@ from glass_export.verify import verify_artifact
 from glass_ops import native
 
 from test_onnx_export import assert_matches_eager, save_family
+from test_threads import run_python
 
 ATOL = 1e-4
 STEPS = 32
@@ -252,19 +252,15 @@ def test_prefill_starts_no_openmp_team(untied_artifact):
     """llama::custom_sdpa calls MKL from ExecuTorch's pool threads; with glass_export's thread settings MKL starts
     no OpenMP team there (a new thread per process, spinning on the cores ExecuTorch uses: glass_export/threads.py).
     The control run, with MKL allowed 2 threads, shows the team the settings prevent."""
-    code = ("import os, sys, glass_export\n"
+    code = ("import os, glass_export\n"
             "from glass_export.runtime import open_artifact\n"
-            "backend = open_artifact(sys.argv[1], threads=2)\n"
+            f"backend = open_artifact({str(untied_artifact)!r}, threads=2)\n"
             "before = len(os.listdir('/proc/self/task'))\n"
             "backend.prefill(list(range(1, 40)))\n"
             "print(len(os.listdir('/proc/self/task')) - before)\n")
 
     def new_threads(**env):
-        environment = {k: v for k, v in os.environ.items() if k != "MKL_NUM_THREADS"}
-        result = subprocess.run([sys.executable, "-c", code, str(untied_artifact)], env={**environment, **env},
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return int(result.stdout.split()[-1])
+        return int(run_python(code, **env)[-1])
 
     assert new_threads() == 0
     if (os.cpu_count() or 1) > 1 and torch.backends.mkl.is_available():

@@ -7,21 +7,22 @@
 // reduction x = n ln 2 + r and Cephes' degree-6 polynomial for e^r, within 2 ulp of std::exp over
 // [-87.3, 88.3]; below it e^x is e^-87.3 (1 + e^x is 1 either way), above it infinity, as std::exp's
 // overflow (so act(g) of a very negative g is -0, not g / 2^127). GELU's tanh form is written as
-// 0.5 g (1 + tanh y) = g / (1 + e^-2y), which has no cancellation. activation_test in
-// tests/quant_ffn_fuzz.cpp holds every variant to the scalar glass::activate.
+// 0.5 g (1 + tanh y) = g / (1 + e^-2y), which has no cancellation. check_activation in
+// tests/quant_ffn_fuzz.cpp holds every variant to float64 over the whole float range.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "dense_tile.h"
 #include "gather_ffn.h"
 
 namespace glass {
 
+// The int32 lanes beside dense_tile.h's FloatVector<LANES> (e^x builds 2^n in them).
 template <int LANES>
-struct ActivationVectors {
-  typedef float F __attribute__((vector_size(LANES * sizeof(float))));
-  typedef int32_t I __attribute__((vector_size(LANES * sizeof(float))));
+struct IntVector {
+  typedef int32_t type __attribute__((vector_size(LANES * sizeof(int32_t))));
 };
 
 template <typename F>
@@ -63,15 +64,11 @@ inline F activation_lanes(Activation act, F g) {
 // z[i] = act(gate[i]) * up[i], i < n.
 template <int LANES>
 void activate_product_lanes(Activation act, const float* gate, const float* up, float* z, int64_t n) {
-  using F = typename ActivationVectors<LANES>::F;
-  using I = typename ActivationVectors<LANES>::I;
+  using F = typename FloatVector<LANES>::type;
+  using I = typename IntVector<LANES>::type;
   int64_t i = 0;
   for (; i + LANES <= n; i += LANES) {
-    F g, u;
-    std::memcpy(&g, gate + i, sizeof(F));
-    std::memcpy(&u, up + i, sizeof(F));
-    const F out = activation_lanes<F, I>(act, g) * u;
-    std::memcpy(z + i, &out, sizeof(F));
+    store_vector(z + i, activation_lanes<F, I>(act, load_vector<F>(gate + i)) * load_vector<F>(up + i));
   }
   if (i == n) return;
   F g{}, u{}, out;  // the tail in one padded vector
