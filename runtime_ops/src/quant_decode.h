@@ -27,6 +27,9 @@
 //     ((p H + h) 16 + l) 4 + b = byte R w + 16 h + l of kept neuron 32J + 4p + b's down row, H = R / 16.
 //     4-bit: lane l's low nibbles are output 32w + 2l, its high nibbles 32w + 2l + 1; 8-bit: lane l of
 //     half h is output 32w + 16h + l. The 4 bytes of a lane are 4 neurons: one broadcast word of q per p.
+// Storage order, the order a task reads it, so the pack is one forward stream: for each group J, its
+// two gate/up tiles (each block by block: the block's gate and up sub-blocks, then their 16 + 16
+// float16 scales), then its down scales (32 float16s a block), then its down windows.
 //
 // Work is split by neuron groups: each task takes whole groups of 32 kept neurons, computes their gate,
 // up and z, their down coefficients and their share of y into a private buffer, so one parallel_for
@@ -43,14 +46,16 @@
 namespace glass {
 
 constexpr int64_t kDownGroup = 32;  // kept neurons per int8 group of down coefficients
-// The kernels stream the pack in order; a software prefetch this far ahead of each tile, into L2 (the
-// L1 hardware prefetcher takes it from there), keeps the stream from DRAM flowing. 2 KB into L1 was 18 %
-// faster than none once the packs of all layers outgrow the caches (Xeon, 48 MiB L3); 8 KB into L2 was
-// another 15-20 % faster than that when every pack comes from DRAM (EPYC, 32 MiB L3; 4 KB into L1: 5 %).
+// The kernels stream the pack in its storage order; as they start each block, window or group's scales
+// they prefetch the bytes that lie this far further on, into L2 (the L1 hardware prefetcher takes it
+// from there), which keeps the stream from DRAM flowing. 2 KB into L1 was 18 % faster than none once
+// the packs of all layers outgrow the caches (Xeon, 48 MiB L3); 8 KB into L2 was another 15-20 % faster
+// than that when every pack comes from DRAM (EPYC, 32 MiB L3; 4 KB into L1: 5 %). Since the pack became
+// one stream, 4, 8 and 16 KB measure alike, and prefetching each task's first 8 KB gains nothing.
 constexpr int64_t kPrefetchDistance = 8192;
 constexpr int kPrefetchLocality = 2;  // __builtin_prefetch's: 2 = L2 (x86 prefetcht1, arm64 PLDL2KEEP)
 
-// Prefetch the `bytes` of the tile that lies kPrefetchDistance bytes after p (prefetches never fault).
+// Prefetch the `bytes` that lie kPrefetchDistance bytes after p (prefetches never fault).
 // (always_inline: GCC may drop an out-of-line function made only of prefetches.)
 __attribute__((always_inline)) inline void prefetch_ahead(const uint8_t* p, int64_t bytes) {
   for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + kPrefetchDistance + i, 0, kPrefetchLocality);
@@ -61,23 +66,23 @@ class DecodePack : public GateUpTiles {
   DecodePack(const QuantRows& gate_up, const QuantRows& down, const int64_t* idx, int64_t k)
       : source_gate_up_(gate_up.codes), source_down_(down.codes), indices_(idx, idx + k),
         samples_(sample(gate_up, down, idx, k)) {
-    assign(gate_up, idx, k, (k + kDownGroup - 1) / kDownGroup * kDownGroup);
-    const int64_t R = row_sub_bytes(), nb = blocks();
-    const int64_t H = R / 16;
-    down_.assign(static_cast<size_t>(groups() * windows() * kDownGroup * R), 0);
-    down_scales_.assign(static_cast<size_t>(groups() * nb * kDownGroup), Half(0));
+    const int64_t nb = down.blocks(), R = kSubBlock * down.bits / 8, H = R / 16;
+    down_scale_bytes_ = nb * kDownGroup * static_cast<int64_t>(sizeof(Half));
+    assign(gate_up, idx, k, (k + kDownGroup - 1) / kDownGroup * kDownGroup, kDownGroup / kTileRows,
+           down_scale_bytes_ + down.cols / kSubBlock * kDownGroup * R);
     for (int64_t j = 0; j < k; ++j) {
       const int64_t J = j / kDownGroup, p = (j % kDownGroup) / 4, b = j % 4;
       const uint8_t* row = down.row(idx[j]);
       for (int64_t w = 0; w < windows(); ++w) {
-        uint8_t* tile = down_.data() + down_offset(w, J);
+        uint8_t* tile = mutable_bytes(down_tile(w, J));
         for (int64_t h = 0; h < H; ++h) {
           for (int64_t l = 0; l < 16; ++l) tile[((p * H + h) * 16 + l) * 4 + b] = row[R * w + 16 * h + l];
         }
       }
       const float* scales = down.row_scales(idx[j]);
       for (int64_t g = 0; g < nb; ++g) {
-        down_scales_[(J * nb + g) * kDownGroup + j % kDownGroup] = static_cast<Half>(scales[g]);
+        const Half scale = static_cast<Half>(scales[g]);
+        std::memcpy(mutable_bytes(down_scales(J, g) + j % kDownGroup), &scale, sizeof(scale));
       }
     }
   }
@@ -92,10 +97,17 @@ class DecodePack : public GateUpTiles {
   int64_t groups() const { return k_pad / kDownGroup; }
   int64_t windows() const { return d / kSubBlock; }
 
+  // Group J's down scales, then its down windows: the bytes after its two gate/up tiles.
+  const uint8_t* down_start(int64_t J) const { return unit_extra(J); }
+  int64_t down_scale_bytes() const { return down_scale_bytes_; }
   // 32 R bytes: window w of neuron group J's down rows.
-  const uint8_t* down_tile(int64_t w, int64_t J) const { return down_.data() + down_offset(w, J); }
+  const uint8_t* down_tile(int64_t w, int64_t J) const {
+    return down_start(J) + down_scale_bytes_ + w * kDownGroup * row_sub_bytes();
+  }
   // 32 float16s: the down scales s_{j,g} of group J's neurons; block g + 1's follow.
-  const Half* down_scales(int64_t J, int64_t g) const { return down_scales_.data() + (J * blocks() + g) * kDownGroup; }
+  const Half* down_scales(int64_t J, int64_t g) const {
+    return reinterpret_cast<const Half*>(down_start(J)) + g * kDownGroup;
+  }
 
   // The code of output i of neuron j of group J (portable paths).
   int down_code(int64_t J, int64_t j, int64_t i) const {
@@ -106,8 +118,6 @@ class DecodePack : public GateUpTiles {
   }
 
  private:
-  int64_t down_offset(int64_t w, int64_t J) const { return (J * windows() + w) * kDownGroup * row_sub_bytes(); }
-
   // A fingerprint of the source rows: the first bytes and scale of the first and last kept neuron's gate,
   // up and down rows. Small on purpose: it is read at every decode step, from memory the step has not
   // touched yet (reading whole rows cost ExecuTorch's op about 5 us a call, a tenth of it).
@@ -128,8 +138,7 @@ class DecodePack : public GateUpTiles {
   const uint8_t* source_down_;
   std::vector<int64_t> indices_;
   Sample samples_;
-  std::vector<uint8_t> down_;
-  std::vector<Half> down_scales_;
+  int64_t down_scale_bytes_ = 0;
 };
 
 // The DecodePack of each FFN's current kept set (ExecuTorch), replaced when the kept set changes.
@@ -278,6 +287,7 @@ void gather_ffn_quant(const float* x, int64_t n_tokens, const DecodePack& pack, 
         kernels.activate_product(act, gate, up, z, kDownGroup);
         for (int64_t j = pack.k - J * kDownGroup; j < kDownGroup; ++j) z[j] = 0.0f;  // padding neurons
         if (int8) {
+          prefetch_ahead(pack.down_start(J), pack.down_scale_bytes());
           kernels.group_coefs(pack, J, z, coefs);
           kernels.down_group(pack, coefs, J, acc);
         } else {

@@ -30,7 +30,9 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -181,35 +183,67 @@ inline void prepare_x(const float* x, int64_t cols, int bits, int64_t block, Acc
   }
 }
 
+// A byte buffer aligned to cache lines, so a tile's 64-byte loads never straddle two.
+class AlignedBytes {
+ public:
+  void assign(size_t n, uint8_t value) {
+    if (n > capacity_) {
+      data_.reset(static_cast<uint8_t*>(::operator new[](n, std::align_val_t(kAlignment))));
+      capacity_ = n;
+    }
+    std::memset(data_.get(), value, n);
+  }
+  uint8_t* data() { return data_.get(); }
+  const uint8_t* data() const { return data_.get(); }
+
+ private:
+  static constexpr size_t kAlignment = 64;
+  struct Free {
+    void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t(kAlignment)); }
+  };
+  std::unique_ptr<uint8_t[], Free> data_;
+  size_t capacity_ = 0;
+};
+
 constexpr int64_t kTileRows = 16;  // lanes of a tile: gate/up rows, or down outputs per half-window
 
 // The gate and up rows of k neurons idx repacked into tiles of 16 rows (layout: quant_decode.h), padded
 // with zero rows to k_pad (a multiple of 16), so one SIMD register covers 16 rows with no horizontal
 // sums. The sparse decode packs a prompt's kept neurons once (DecodePack); the dense prefill packs
 // every neuron, a few tiles at a time, each met by every token while it sits in L1 (ffn_up_quant).
+//
+// A tile is one run of bytes in the order the kernels read it, block after block: each block's
+// sub-blocks (gate rows, then up rows), then its 16 gate and 16 up scales (float16). Tiles come in
+// units of `unit_tiles`, each unit followed by `unit_extra` bytes a subclass fills (DecodePack: its
+// neuron group's down rows), so a kernel walking the pack reads one forward stream, which software
+// and hardware prefetchers keep ahead of it (separate arrays for codes and scales were 4-6 streams a
+// thread, and the decode op reached about two thirds of the DRAM rate of one stream).
 class GateUpTiles {
  public:
-  // Rebuilds in place (the buffers are reused).
-  void assign(const QuantRows& gate_up, const int64_t* idx, int64_t count, int64_t padded) {
+  // Rebuilds in place (the buffer is reused).
+  void assign(const QuantRows& gate_up, const int64_t* idx, int64_t count, int64_t padded, int64_t unit_tiles = 1,
+              int64_t unit_extra = 0) {
     k = count;
     k_pad = padded;
     d = gate_up.cols;
     block = gate_up.block;
     bits = gate_up.bits;
-    const int64_t R = row_sub_bytes(), n_sub = d / kSubBlock, nb = blocks();
-    gate_up_.assign(static_cast<size_t>(tiles() * 2 * n_sub * kTileRows * R), 0);
-    gate_up_scales_.assign(static_cast<size_t>(tiles() * 2 * nb * kTileRows), Half(0));
+    unit_tiles_ = unit_tiles;
+    unit_bytes_ = unit_tiles * tile_bytes() + unit_extra;
+    const int64_t R = row_sub_bytes(), spb = subs_per_block(), nb = blocks();
+    bytes_.assign(static_cast<size_t>((tiles() + unit_tiles - 1) / unit_tiles * unit_bytes_), 0);
     for (int64_t j = 0; j < k; ++j) {
       const int64_t t = j / kTileRows, r = j % kTileRows;
       for (int half = 0; half < 2; ++half) {
         const uint8_t* row = gate_up.row(2 * idx[j] + half);
-        for (int64_t s = 0; s < n_sub; ++s) {
-          uint8_t* tile = gate_up_.data() + gate_up_offset(t, half, s);
-          for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
-        }
         const float* scales = gate_up.row_scales(2 * idx[j] + half);
         for (int64_t g = 0; g < nb; ++g) {
-          gate_up_scales_[((t * 2 + half) * nb + g) * kTileRows + r] = static_cast<Half>(scales[g]);
+          for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
+            uint8_t* tile = mutable_bytes(gate_up_tile(t, half, s));
+            for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
+          }
+          const Half scale = static_cast<Half>(scales[g]);
+          std::memcpy(mutable_bytes(gate_up_scales(t, half, g) + r), &scale, sizeof(scale));
         }
       }
     }
@@ -222,12 +256,23 @@ class GateUpTiles {
   int64_t blocks() const { return d / block; }
   int64_t tiles() const { return k_pad / kTileRows; }
   int64_t subs_per_block() const { return block / kSubBlock; }
+  // One block of a tile: its codes (both halves), then its scales.
+  int64_t block_code_bytes() const { return subs_per_block() * 2 * kTileRows * row_sub_bytes(); }
+  int64_t block_bytes() const { return block_code_bytes() + 2 * kTileRows * static_cast<int64_t>(sizeof(Half)); }
+  int64_t tile_bytes() const { return blocks() * block_bytes(); }
 
+  // Block g of tile t, block_bytes() long (what a kernel prefetches as it starts the block).
+  const uint8_t* block_start(int64_t t, int64_t g) const {
+    return bytes_.data() + (t / unit_tiles_) * unit_bytes_ + (t % unit_tiles_) * tile_bytes() + g * block_bytes();
+  }
   // 16 R bytes: sub-block s of tile t's gate (half 0) or up (half 1) rows.
-  const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const { return gate_up_.data() + gate_up_offset(t, half, s); }
+  const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const {
+    const int64_t spb = subs_per_block(), g = s / spb;
+    return block_start(t, g) + ((s - g * spb) * 2 + half) * kTileRows * row_sub_bytes();
+  }
   // 16 float16s: the scales of block g of those rows.
   const Half* gate_up_scales(int64_t t, int half, int64_t g) const {
-    return gate_up_scales_.data() + ((t * 2 + half) * blocks() + g) * kTileRows;
+    return reinterpret_cast<const Half*>(block_start(t, g) + block_code_bytes()) + half * kTileRows;
   }
   // The code of element i of row r of tile t, half (portable paths).
   int gate_up_code(int64_t t, int half, int64_t r, int64_t i) const {
@@ -236,13 +281,14 @@ class GateUpTiles {
     return bits == 8 ? value : (within & 1) ? value >> 4 : value & 0x0F;
   }
 
- private:
-  int64_t gate_up_offset(int64_t t, int half, int64_t s) const {
-    return ((t * 2 + half) * (d / kSubBlock) + s) * kTileRows * row_sub_bytes();
-  }
+ protected:
+  // The unit_extra bytes after unit u's tiles.
+  const uint8_t* unit_extra(int64_t u) const { return bytes_.data() + u * unit_bytes_ + unit_tiles_ * tile_bytes(); }
+  uint8_t* mutable_bytes(const void* p) { return bytes_.data() + (static_cast<const uint8_t*>(p) - bytes_.data()); }
 
-  std::vector<uint8_t> gate_up_;
-  std::vector<Half> gate_up_scales_;
+ private:
+  int64_t unit_tiles_ = 1, unit_bytes_ = 0;
+  AlignedBytes bytes_;
 };
 
 // --- packs kept between calls (a DecodePack per kept set, a RowsPack per tied table) ---------------

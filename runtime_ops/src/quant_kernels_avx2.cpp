@@ -47,10 +47,10 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
     for (int64_t g = 0; g < pack.blocks(); ++g) {
       __m256i acc[2][2];
       for (auto& half : acc) half[0] = half[1] = _mm256_setzero_si256();
+      prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
       for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
         for (int half = 0; half < 2; ++half) {
           const uint8_t* tile = pack.gate_up_tile(t, half, s);
-          prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
           for (int lanes = 0; lanes < 2; ++lanes) {
             if (pack.bits == 4) {
               for (int p = 0; p < 4; ++p) {

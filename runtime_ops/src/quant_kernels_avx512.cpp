@@ -42,9 +42,9 @@ void gate_up_tile_tokens(const GateUpTiles& pack, const PreparedX* x, int64_t t,
     for (auto& token : acc) {
       for (auto& half : token) half[0] = half[1] = _mm512_setzero_si512();
     }
+    prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
     for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
       const uint8_t* tiles[2] = {pack.gate_up_tile(t, 0, s), pack.gate_up_tile(t, 1, s)};
-      for (const uint8_t* tile : tiles) prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
       if (pack.bits == 4) {
         for (int p = 0; p < 4; ++p) {
           __m512i codes[2][2];  // [half][low, high]

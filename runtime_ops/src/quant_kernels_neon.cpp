@@ -58,9 +58,9 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
       for (int64_t g = 0; g < pack.blocks(); ++g) {
         int32x4_t acc[4];
         for (auto& v : acc) v = vdupq_n_s32(0);
+        if (half == 0) prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
         for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
           const uint8_t* tile = pack.gate_up_tile(t, half, s);
-          prefetch_ahead(tile, kTileRows * pack.row_sub_bytes());
           if (pack.bits == 4) {
             for (int p = 0; p < 4; ++p) {
               const int8x16_t even = broadcast_word(x.even.data() + s * 16 + 4 * p);

@@ -152,11 +152,48 @@ std::string check_prefill(const Case& k, const glass::QuantRows& gu, const glass
 }
 
 // Sparse decode (quant_decode.h) over the kept neurons idx.
+// The pack is one forward stream in the order a task reads it (what the kernels' prefetches rely on):
+// each group's gate/up tiles block by block (codes, then scales), its down scales, its down windows.
+std::string check_stream_order(const glass::DecodePack& pack) {
+  const uint8_t* at = pack.block_start(0, 0);
+  const int64_t codes = glass::kTileRows * pack.row_sub_bytes(), scales = glass::kTileRows * sizeof(glass::Half);
+  auto next = [&at](const void* p, int64_t bytes) {
+    if (static_cast<const uint8_t*>(p) != at) return false;
+    at += bytes;
+    return true;
+  };
+  for (int64_t J = 0; J < pack.groups(); ++J) {
+    for (int64_t t = J * glass::kDownGroup / glass::kTileRows; t < (J + 1) * glass::kDownGroup / glass::kTileRows; ++t) {
+      for (int64_t g = 0; g < pack.blocks(); ++g) {
+        if (pack.block_start(t, g) != at) return "gate/up block out of stream order";
+        for (int64_t s = g * pack.subs_per_block(); s < (g + 1) * pack.subs_per_block(); ++s) {
+          if (!next(pack.gate_up_tile(t, 0, s), codes) || !next(pack.gate_up_tile(t, 1, s), codes)) {
+            return "gate/up codes out of stream order";
+          }
+        }
+        if (!next(pack.gate_up_scales(t, 0, g), scales) || !next(pack.gate_up_scales(t, 1, g), scales)) {
+          return "gate/up scales out of stream order";
+        }
+      }
+    }
+    if (pack.down_start(J) != at) return "down scales out of stream order";
+    for (int64_t g = 0; g < pack.blocks(); ++g) {
+      if (!next(pack.down_scales(J, g), glass::kDownGroup * sizeof(glass::Half))) return "down scales out of stream order";
+    }
+    for (int64_t w = 0; w < pack.windows(); ++w) {
+      if (!next(pack.down_tile(w, J), glass::kDownGroup * pack.row_sub_bytes())) return "down windows out of stream order";
+    }
+  }
+  return "";
+}
+
 std::string check_decode(const Case& k, const glass::QuantRows& gu, const glass::QuantRows& dn,
                          const std::vector<std::vector<double>>& z_ref) {
   const int64_t kk = static_cast<int64_t>(k.idx.size());
   const glass::DecodePack pack(gu, dn, k.idx.data(), kk);
   if (!pack.holds(gu, dn, k.idx.data(), kk)) return "a fresh pack does not hold its own kept set";
+  const std::string order = check_stream_order(pack);
+  if (!order.empty()) return order;
   if (k.accuracy == glass::Accuracy::Int8) {  // all tokens in one gate/up call: each token's bits as alone
     std::vector<glass::PreparedX> xs(k.tokens);
     for (int64_t t = 0; t < k.tokens; ++t) glass::prepare_x(k.x.data() + t * k.d, k.d, k.bits, k.block, k.accuracy, xs[t]);
