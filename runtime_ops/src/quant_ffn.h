@@ -233,17 +233,20 @@ class GateUpTiles {
     const int64_t R = row_sub_bytes(), spb = subs_per_block(), nb = blocks();
     bytes_.assign(static_cast<size_t>((tiles() + unit_tiles - 1) / unit_tiles * unit_bytes_), 0);
     for (int64_t j = 0; j < k; ++j) {
-      const int64_t t = j / kTileRows, r = j % kTileRows;
+      const int64_t r = j % kTileRows;
+      const uint8_t* tile = tile_start(j / kTileRows);
       for (int half = 0; half < 2; ++half) {
         const uint8_t* row = gate_up.row(2 * idx[j] + half);
         const float* scales = gate_up.row_scales(2 * idx[j] + half);
         for (int64_t g = 0; g < nb; ++g) {
-          for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
-            uint8_t* tile = mutable_bytes(gate_up_tile(t, half, s));
-            for (int64_t p = 0; p < R / 4; ++p) std::copy_n(row + s * R + 4 * p, 4, tile + 64 * p + 4 * r);
+          const uint8_t* block = tile + g * block_bytes();
+          for (int64_t i = 0; i < spb; ++i) {
+            uint8_t* codes = mutable_bytes(block_codes(block, i, half));
+            const uint8_t* source = row + (g * spb + i) * R;
+            for (int64_t p = 0; p < R / 4; ++p) std::copy_n(source + 4 * p, 4, codes + 64 * p + 4 * r);
           }
           const Half scale = static_cast<Half>(scales[g]);
-          std::memcpy(mutable_bytes(gate_up_scales(t, half, g) + r), &scale, sizeof(scale));
+          std::memcpy(mutable_bytes(block_scales(block, half) + r), &scale, sizeof(scale));
         }
       }
     }
@@ -261,19 +264,26 @@ class GateUpTiles {
   int64_t block_bytes() const { return block_code_bytes() + 2 * kTileRows * static_cast<int64_t>(sizeof(Half)); }
   int64_t tile_bytes() const { return blocks() * block_bytes(); }
 
-  // Block g of tile t, block_bytes() long (what a kernel prefetches as it starts the block).
-  const uint8_t* block_start(int64_t t, int64_t g) const {
-    return bytes_.data() + (t / unit_tiles_) * unit_bytes_ + (t % unit_tiles_) * tile_bytes() + g * block_bytes();
+  // Tile t, blocks() blocks of block_bytes() (the kernels step from block to block, no division).
+  const uint8_t* tile_start(int64_t t) const {
+    return bytes_.data() + (t / unit_tiles_) * unit_bytes_ + (t % unit_tiles_) * tile_bytes();
   }
-  // 16 R bytes: sub-block s of tile t's gate (half 0) or up (half 1) rows.
+  const uint8_t* block_start(int64_t t, int64_t g) const { return tile_start(t) + g * block_bytes(); }
+  // 16 R bytes of a block: its sub-block i's gate (half 0) or up (half 1) rows.
+  const uint8_t* block_codes(const uint8_t* block, int64_t i, int half) const {
+    return block + (i * 2 + half) * kTileRows * row_sub_bytes();
+  }
+  // 16 float16s of a block: its gate (half 0) or up (half 1) rows' scales.
+  const Half* block_scales(const uint8_t* block, int half) const {
+    return reinterpret_cast<const Half*>(block + block_code_bytes()) + half * kTileRows;
+  }
+  // The same by tile and index (portable paths, packing): sub-block s of tile t's gate or up rows,
+  // and the scales of its block g.
   const uint8_t* gate_up_tile(int64_t t, int half, int64_t s) const {
     const int64_t spb = subs_per_block(), g = s / spb;
-    return block_start(t, g) + ((s - g * spb) * 2 + half) * kTileRows * row_sub_bytes();
+    return block_codes(block_start(t, g), s - g * spb, half);
   }
-  // 16 float16s: the scales of block g of those rows.
-  const Half* gate_up_scales(int64_t t, int half, int64_t g) const {
-    return reinterpret_cast<const Half*>(block_start(t, g) + block_code_bytes()) + half * kTileRows;
-  }
+  const Half* gate_up_scales(int64_t t, int half, int64_t g) const { return block_scales(block_start(t, g), half); }
   // The code of element i of row r of tile t, half (portable paths).
   int gate_up_code(int64_t t, int half, int64_t r, int64_t i) const {
     const int64_t within = i % kSubBlock, byte = bits == 4 ? within / 2 : within;

@@ -44,13 +44,14 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
   for (int64_t t = t0; t < t1; ++t) {
     __m256 sums[2][2];  // [gate / up][lanes 0-7, 8-15]
     for (auto& half : sums) half[0] = half[1] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < pack.blocks(); ++g) {
+    const uint8_t* block = pack.tile_start(t);
+    for (int64_t g = 0; g < pack.blocks(); ++g, block += pack.block_bytes()) {
       __m256i acc[2][2];
       for (auto& half : acc) half[0] = half[1] = _mm256_setzero_si256();
-      prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
+      prefetch_ahead(block, pack.block_bytes());
       for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
         for (int half = 0; half < 2; ++half) {
-          const uint8_t* tile = pack.gate_up_tile(t, half, s);
+          const uint8_t* tile = pack.block_codes(block, s - g * spb, half);
           for (int lanes = 0; lanes < 2; ++lanes) {
             if (pack.bits == 4) {
               for (int p = 0; p < 4; ++p) {
@@ -75,7 +76,7 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
       const __m256 x_scale = _mm256_set1_ps(x.sub_scale[g * spb]);
       for (int half = 0; half < 2; ++half) {
         for (int lanes = 0; lanes < 2; ++lanes) {
-          const __m256 scale = _mm256_mul_ps(load_halves(pack.gate_up_scales(t, half, g) + 8 * lanes), x_scale);
+          const __m256 scale = _mm256_mul_ps(load_halves(pack.block_scales(block, half) + 8 * lanes), x_scale);
           sums[half][lanes] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[half][lanes], zero)), scale,
                                               sums[half][lanes]);
         }

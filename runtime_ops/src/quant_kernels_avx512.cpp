@@ -37,14 +37,15 @@ void gate_up_tile_tokens(const GateUpTiles& pack, const PreparedX* x, int64_t t,
   const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8(static_cast<char>(0xF0));
   __m512 sums[NT][2];
   for (auto& token : sums) token[0] = token[1] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < pack.blocks(); ++g) {
+  const uint8_t* block = pack.tile_start(t);
+  for (int64_t g = 0; g < pack.blocks(); ++g, block += pack.block_bytes()) {
     __m512i acc[NT][2][2];  // [token][gate / up][4-bit: low, high nibbles; 8-bit: two chains]
     for (auto& token : acc) {
       for (auto& half : token) half[0] = half[1] = _mm512_setzero_si512();
     }
-    prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
+    prefetch_ahead(block, pack.block_bytes());
     for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
-      const uint8_t* tiles[2] = {pack.gate_up_tile(t, 0, s), pack.gate_up_tile(t, 1, s)};
+      const uint8_t* tiles[2] = {pack.block_codes(block, s - g * spb, 0), pack.block_codes(block, s - g * spb, 1)};
       if (pack.bits == 4) {
         for (int p = 0; p < 4; ++p) {
           __m512i codes[2][2];  // [half][low, high]
@@ -74,7 +75,7 @@ void gate_up_tile_tokens(const GateUpTiles& pack, const PreparedX* x, int64_t t,
         }
       }
     }
-    const __m512 scales[2] = {load_halves16(pack.gate_up_scales(t, 0, g)), load_halves16(pack.gate_up_scales(t, 1, g))};
+    const __m512 scales[2] = {load_halves16(pack.block_scales(block, 0)), load_halves16(pack.block_scales(block, 1))};
     for (int n = 0; n < NT; ++n) {
       const __m512i zero = _mm512_set1_epi32(x[n].block_zero[g]);
       const __m512 x_scale = _mm512_set1_ps(x[n].sub_scale[g * spb]);

@@ -55,12 +55,13 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
     for (int half = 0; half < 2; ++half) {
       float32x4_t sums[4];  // lanes 0-3, 4-7, 8-11, 12-15
       for (auto& v : sums) v = vdupq_n_f32(0.0f);
-      for (int64_t g = 0; g < pack.blocks(); ++g) {
+      const uint8_t* block = pack.tile_start(t);
+      for (int64_t g = 0; g < pack.blocks(); ++g, block += pack.block_bytes()) {
         int32x4_t acc[4];
         for (auto& v : acc) v = vdupq_n_s32(0);
-        if (half == 0) prefetch_ahead(pack.block_start(t, g), pack.block_bytes());
+        if (half == 0) prefetch_ahead(block, pack.block_bytes());
         for (int64_t s = g * spb; s < (g + 1) * spb; ++s) {
-          const uint8_t* tile = pack.gate_up_tile(t, half, s);
+          const uint8_t* tile = pack.block_codes(block, s - g * spb, half);
           if (pack.bits == 4) {
             for (int p = 0; p < 4; ++p) {
               const int8x16_t even = broadcast_word(x.even.data() + s * 16 + 4 * p);
@@ -80,7 +81,7 @@ void gate_up_tiles_one(const GateUpTiles& pack, const PreparedX& x, int64_t t0, 
         // signed 8-bit codes need no zero-point correction
         const int32x4_t zero = vdupq_n_s32(pack.bits == 4 ? x.block_zero[g] : 0);
         const float x_scale = x.sub_scale[g * spb];
-        const Half* scales = pack.gate_up_scales(t, half, g);
+        const Half* scales = pack.block_scales(block, half);
         for (int q = 0; q < 4; ++q) {
           sums[q] = vfmaq_f32(sums[q], vcvtq_f32_s32(vsubq_s32(acc[q], zero)), vmulq_n_f32(load_halves(scales + 4 * q), x_scale));
         }
