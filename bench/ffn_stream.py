@@ -1,14 +1,15 @@
 """ExecuTorch int4 decode FFN, weights from cache and from DRAM: XNNPACK's dense FFN against
-glass::gather_ffn_q over the kept neurons, side by side in one process.
+glass::norm_gather_ffn_q over the kept neurons, side by side in one process.
 
     python bench/ffn_stream.py [--shape 576x1536] [--density 0.5] [--layers 8,60] [--threads 2]
         [--group-size 32] [--rounds 40]
 
-For each layer count L, two programs that run L FFNs one after the other on one token, y = x + the sum
-of FFN_l(x) (a chain x <- x + FFN_l(x) of random layers grows until the two implementations' int8
-rounding parts, and the output check could not hold): the stock one, lowered to XNNPACK with torchao's
-8da4w quantisation (what a dense twin's FFN is), and the GLASS one, whose FFNs are glass::gather_ffn_q
-over the same int4 group quantisation, keeping round(rho x m) neurons. A small L keeps every weight
+For each layer count L, two programs that run L FFNs, each behind its RMSNorm as in a decoder layer, one
+after the other on one token, y = x + the sum of FFN_l(norm_l(x)) (a chain x <- x + FFN_l(norm_l(x)) of
+random layers grows until the two implementations' int8 rounding parts, and the output check could not
+hold): the stock one, lowered to XNNPACK with torchao's 8da4w quantisation (what a dense twin's FFN is),
+and the GLASS one, whose norms and FFNs are glass::norm_gather_ffn_q over the same int4 group
+quantisation, keeping round(rho x m) neurons. A small L keeps every weight
 in the caches (the kernels' compute); a large one (60 layers of SmolLM2's shape: 90 MB dense, 45 MB
 of kept rows) streams them from DRAM, as a whole model's decode step does.
 
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 
 import glass_ops  # noqa: E402
 from glass_ops import native  # noqa: E402
+from glass_ops.torch_ops import rms_norm  # noqa: E402
 
 from ffn_kernel import DenseFFN, executorch_method  # noqa: E402  (bench/, the script's own directory)
 
@@ -40,15 +42,20 @@ ACCURACY_LEVEL = 4  # int8 activations, as every quantised export
 SILU = glass_ops.ACTIVATION_CODES["silu"]  # DenseFFN's F.silu
 
 
+NORM_EPS = 1e-5
+
+
 class DenseStack(torch.nn.Module):
-    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], norms: torch.Tensor):
         super().__init__()
         self.layers = torch.nn.ModuleList(DenseFFN(gate, up, down) for gate, up, down in weights)
+        for i, norm in enumerate(norms):
+            self.register_buffer(f"norm{i}", norm.clone())
 
     def forward(self, x):
         y = x
-        for ffn in self.layers:
-            y = y + ffn(x)
+        for i, ffn in enumerate(self.layers):
+            y = y + ffn(rms_norm(x, getattr(self, f"norm{i}"), NORM_EPS))
         return y
 
 
@@ -69,18 +76,20 @@ def quantized_ffn_buffers(weights, bits: int, group_size: int) -> list[dict[str,
 
 
 class GatherStack(torch.nn.Module):
-    def __init__(self, weights, bits: int, group_size: int):
+    def __init__(self, weights, norms: torch.Tensor, bits: int, group_size: int):
         super().__init__()
         self.bits, self.group_size, self.count = bits, group_size, len(weights)
         for i, buffers in enumerate(quantized_ffn_buffers(weights, bits, group_size)):
+            self.register_buffer(f"norm{i}", norms[i].clone())
             for name, tensor in buffers.items():
                 self.register_buffer(f"{name}{i}", tensor)
 
     def ffn(self, i: int, x, idx):
         codes_and_scales = (getattr(self, f"{name}{i}") for name in ("gate_up_codes", "gate_up_scales", "down_codes",
                                                                       "down_scales"))
-        return torch.ops.glass.gather_ffn_q(x, *codes_and_scales, idx, SILU, self.bits, self.group_size,
-                                            ACCURACY_LEVEL)
+        # every layer keeps the same set here: row 0 of indices [1, k]
+        return torch.ops.glass.norm_gather_ffn_q(x, getattr(self, f"norm{i}"), NORM_EPS, *codes_and_scales, idx, 0,
+                                                 SILU, self.bits, self.group_size, ACCURACY_LEVEL)
 
     def forward(self, x, idx):
         y = x
@@ -103,12 +112,13 @@ def bench_layers(layers: int, d: int, m: int, density: float, group_size: int, r
     weights = [(torch.randn(m, d, generator=gen) / d**0.5, torch.randn(m, d, generator=gen) / d**0.5,
                 torch.randn(d, m, generator=gen) / m**0.5) for _ in range(layers)]
     k = keep_count(density, m)
-    idx = torch.sort(torch.randperm(m, generator=gen)[:k]).values
+    idx = torch.sort(torch.randperm(m, generator=gen)[:k]).values.reshape(1, k)
     x = torch.randn(1, 1, d, generator=gen)
+    norms = 0.5 + torch.rand(layers, d, generator=gen)
 
-    gather = GatherStack(weights, 4, group_size).eval()
+    gather = GatherStack(weights, norms, 4, group_size).eval()
     want = gather(x, idx)  # eager: the reference implementation of the same quantised kernels
-    dense = DenseStack(weights).eval()
+    dense = DenseStack(weights, norms).eval()
     torchao_quantize(dense, QuantScheme("int4", group_size=group_size), include_ffn=True, embedding=False)
     del weights
     sparse_method = executorch_method(gather, (x, idx), workdir / f"gather{layers}.pte")

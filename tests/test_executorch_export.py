@@ -76,7 +76,7 @@ def test_quantised_exports_verify(family, weights, tokenizer, tmp_path_factory):
     out = root / f"pte-{weights}"
     manifest = export_artifact(root / "model", root / "priors.safetensors", SelectionConfig("i-glass", 0.5, 0.4),
                                "executorch", out, max_seq_len=64, quant=QuantScheme(weights))
-    assert {"glass::gather_ffn_q.out", "glass::ffn_up_q.out", "glass::ffn_down_q.out"} <= set(manifest.runtime["custom_ops"])
+    assert {"glass::norm_gather_ffn_q.out", "glass::ffn_up_q.out", "glass::ffn_down_q.out"} <= set(manifest.runtime["custom_ops"])
     assert "torchao" in manifest.runtime["non_ffn_quantization"]
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, None))
     # Tiny models carry a large share of fp32 norms and program, so the bound is looser than on real models (SmolLM2's int4 .pte: docs/quantization.md); an FFN or a
@@ -185,6 +185,32 @@ def test_missing_kernel_library_says_how_to_build(untied_artifact, monkeypatch, 
     monkeypatch.setattr(native, "_loaded", {})
     with pytest.raises(GlassExportError, match="(?s)needs the glass kernels.*runtime_ops/build.sh"):
         open_artifact(untied_artifact)
+
+
+def test_an_operator_no_library_registers_says_re_export(tmp_path):
+    """An artifact from another glass-export version may call a glass op this kernel library does not have
+    (the quantised decode op became glass::norm_gather_ffn_q): the load error names the cause and the fix."""
+    from executorch.exir import to_edge
+    from executorch.runtime import Runtime
+
+    from glass_export.runtime.executorch_backend import load_failure
+
+    torch.library.define("glass_test::twice", "(Tensor x) -> Tensor")
+    torch.library.define("glass_test::twice.out", "(Tensor x, *, Tensor(a!) out) -> Tensor(a!)")
+    torch.library.impl("glass_test::twice", "CompositeExplicitAutograd")(lambda x: 2 * x)
+    torch.library.impl("glass_test::twice.out", "CompositeExplicitAutograd")(lambda x, out: out.copy_(2 * x))
+
+    class Twice(torch.nn.Module):
+        def forward(self, x):
+            return torch.ops.glass_test.twice(x)
+
+    program = to_edge(torch.export.export(Twice(), (torch.ones(2),))).to_executorch()
+    (tmp_path / "model.pte").write_bytes(program.buffer)
+    with pytest.raises(RuntimeError) as raised:
+        Runtime.get().load_program(str(tmp_path / "model.pte")).load_method("forward")
+    error = load_failure(tmp_path, raised.value)
+    assert "calls an operator that no loaded kernel library registers" in error.problem
+    assert "re-export the artifact with this glass-export" in error.fix
 
 
 def test_threads_and_no_native_reach_executorch(untied_artifact):

@@ -427,12 +427,94 @@ def test_quantised_gather_ffn_native_and_fallback_match_the_reference(onnxruntim
                 session.run(None, {**feeds, "idx": np.array([0, bad])})
 
 
-class GatherFFNQ(torch.nn.Module):
-    """The quantised decode op with its weights as inputs (so the runtime copies each call's weights into the
-    same planned memory)."""
+class NormGatherFFNQ(torch.nn.Module):
+    """ExecuTorch's quantised decode op with its weights as inputs (so the runtime copies each call's weights
+    into the same planned memory)."""
 
-    def forward(self, x, gu, gus, dn, dns, idx):
-        return torch.ops.glass.gather_ffn_q(x, gu, gus, dn, dns, idx, 0, 4, 32, 4)
+    def __init__(self, layer=0, eps=0.0, activation=0, bits=4, group=32, accuracy=4):
+        super().__init__()
+        self.layer, self.eps, self.args = layer, eps, (activation, bits, group, accuracy)
+
+    def forward(self, x, norm_weight, gu, gus, dn, dns, indices):
+        return torch.ops.glass.norm_gather_ffn_q(x, norm_weight, self.eps, gu, gus, dn, dns, indices, self.layer,
+                                                 *self.args)
+
+
+def exactly_normalised(x):
+    """(x4, normed): x4 = +-4 with x's signs, whose RMSNorm with eps 0 is exact in float32 (mean square 16,
+    1 / sqrt(16) = 0.25), so a kernel and a reference that normalise it see the same x, +-1."""
+    normed = np.where(x < 0, -1.0, 1.0).astype(np.float32)
+    return 4 * normed, normed
+
+
+def test_rms_norm_is_transformers_rmsnorm():
+    """torch_ops.rms_norm, the definition the fused decode op follows, against the families' own modules:
+    Llama's, and Gemma's (1 + w) with the offset folded into the weight. float32 rounding apart."""
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from glass_ops.torch_ops import rms_norm
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 48, generator=gen) * 3
+    llama, gemma = LlamaRMSNorm(48, eps=1e-5), GemmaRMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        for module in (llama, gemma):
+            module.weight.copy_(torch.randn(48, generator=gen))
+        torch.testing.assert_close(rms_norm(x, llama.weight, 1e-5), llama(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rms_norm(x, 1 + gemma.weight, 1e-6), gemma(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("accuracy", [4, 1])
+def test_norm_gather_ffn_q_in_executorch_normalises_and_reads_its_layer(executorch_kernels, accuracy, tmp_path):
+    """glass::norm_gather_ffn_q = the FFN of rms_norm(x) * w over row `layer` of indices [layers, k], native in
+    ExecuTorch. Accuracy 4 (int8 x): x = +-4, whose norm is exact, so kernel and reference quantise the same x,
+    and the result is within quant_reference's bound. Accuracy 1 (float x): any x, eps 1e-5; the norm adds float32
+    rounding only, |diff| <= 1e-4 (1 + |ref|)."""
+    m, d = 40, 64
+    x, gu, dn = quant_case(7, d=d, m=m)
+    rng = np.random.default_rng(8)
+    weight = rng.uniform(0.5, 1.5, d).astype(np.float32)
+    indices = np.stack([rng.permutation(m)[:24] for _ in range(3)])  # [layers 3, k 24], each row its own set
+    if accuracy == 4:
+        eps, (x, normed) = 0.0, exactly_normalised(x)
+        normed = normed * weight
+    else:
+        eps = 1e-5
+        normed = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + eps) * weight
+    feeds = [torch.from_numpy(v) for v in (x, weight, gu.blocked_codes(), gu.scales, dn.blocked_codes(), dn.scales,
+                                           indices)]
+    outputs = {}
+    for layer in (0, 2):
+        method = export_pte(NormGatherFFNQ(layer, eps, accuracy=accuracy), tuple(feeds), tmp_path / f"l{layer}.pte")
+        got = outputs[layer] = method.execute(feeds)[0].numpy()
+        want, bound = quant_reference(normed, gu, dn, indices[layer], 0, accuracy)
+        assert np.all(np.abs(got - want) <= 1.05 * bound + 1e-4 * (1 + np.abs(want))), layer
+    assert not np.allclose(outputs[0], outputs[2])  # the layers' rows differ, and each read its own
+    for bad_layer, bad_indices, bad_weight in ((3, indices, weight), (0, indices * 0 + m, weight),
+                                              (0, indices, weight[:-1])):
+        method = export_pte(NormGatherFFNQ(bad_layer, eps, accuracy=accuracy),
+                            tuple(feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)]),
+                            tmp_path / "bad.pte")
+        with pytest.raises(RuntimeError):
+            method.execute(feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)])
+
+
+def test_norm_gather_ffn_q_reference_refuses_bad_input():
+    x, gu, dn = quant_case(9, m=16)
+    args = [torch.from_numpy(v) for v in (gu.blocked_codes(), gu.scales, dn.blocked_codes(), dn.scales)]
+    x, weight, indices = torch.from_numpy(x), torch.ones(64), torch.tensor([[1, 2], [3, 4]])
+    op = torch.ops.glass.norm_gather_ffn_q
+    with pytest.raises(IndexError, match="layer 2 is out of range"):
+        op(x, weight, 0.0, *args, indices, 2, 0, 4, 32, 4)
+    with pytest.raises(IndexError, match="index 16 is out of range"):
+        op(x, weight, 0.0, *args, torch.tensor([[1, 2], [3, 16]]), 1, 0, 4, 32, 4)
+    with pytest.raises(ValueError, match=r"indices must be int64 \[layers, k\]"):
+        op(x, weight, 0.0, *args, indices[0], 0, 0, 4, 32, 4)
+    with pytest.raises(ValueError, match="norm_weight must be"):
+        op(x, weight[:8], 0.0, *args, indices, 0, 0, 4, 32, 4)
+    with pytest.raises(ValueError, match="norm_eps finite"):
+        op(x, weight, -1.0, *args, indices, 0, 0, 4, 32, 4)
 
 
 def test_decode_pack_is_rebuilt_for_other_weights_at_the_same_address(onnxruntime_kernel, executorch_kernels,
@@ -447,15 +529,18 @@ def test_decode_pack_is_rebuilt_for_other_weights_at_the_same_address(onnxruntim
              zip(("x", "gu", "gus", "dn", "dns"), (cases[0][0], cases[0][1].blocked_codes(), cases[0][1].scales,
                                                  cases[0][2].blocked_codes(), cases[0][2].scales))}
     session = quant_session("GatherFFNQ", 4, 32, 4, 0, onnxruntime_kernel)
-    example = [torch.from_numpy(v) for v in (cases[0][0], cases[0][1].blocked_codes(), cases[0][1].scales,
-                                             cases[0][2].blocked_codes(), cases[0][2].scales)] + [torch.from_numpy(idx)]
-    method = export_pte(GatherFFNQ(), tuple(example), tmp_path / "gather_q.pte")
+    norm_weight, indices = torch.ones(cases[0][0].shape[-1]), torch.from_numpy(idx).reshape(1, -1).clone()
+    example = [torch.from_numpy(v) for v in feeds.values()]
+    method = export_pte(NormGatherFFNQ(), (example[0], norm_weight, *example[1:], indices), tmp_path / "gather_q.pte")
     for x, gu, dn in cases * 2:
-        for name, value in zip(feeds, (x, gu.blocked_codes(), gu.scales, dn.blocked_codes(), dn.scales)):
+        x4, normed = exactly_normalised(x)  # ExecuTorch's op normalises x first: x4's norm is exact
+        for name, value in zip(feeds, (normed, gu.blocked_codes(), gu.scales, dn.blocked_codes(), dn.scales)):
             np.copyto(feeds[name], value)
-        want, bound = quant_reference(x, gu, dn, idx, 0, 4)
+        want, bound = quant_reference(normed, gu, dn, idx, 0, 4)
+        inputs = [torch.from_numpy(v) for v in feeds.values()]
+        inputs[0] = torch.from_numpy(x4)
         for got in (session.run(None, {**feeds, "idx": idx})[0],
-                    method.execute([torch.from_numpy(v) for v in feeds.values()] + [torch.from_numpy(idx)])[0].numpy()):
+                    method.execute([inputs[0], norm_weight, *inputs[1:], indices])[0].numpy()):
             assert np.all(np.abs(got - want) <= 1.05 * bound + 1e-4 * (1 + np.abs(want)))
 
 

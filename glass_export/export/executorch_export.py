@@ -7,7 +7,8 @@
   transformers' attention over [1, kv_heads, max_seq_len, head_dim]. The rotary embedding is one
   glass::rope call per tensor (graphs.rope_through_glass).
 - The FFN weights are stored neuron-contiguous and read by custom ops in both methods
-  (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode); a tied embedding
+  (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode; quantised, the decode's
+  glass::norm_gather_ffn_q applies the layer's pre-FFN RMSNorm too); a tied embedding
   table is read by glass::linear_rows(_q) as the LM head (and glass::embedding_q as the quantised
   lookup); XNNPACK takes the rest (attention projections, norms, an untied lm_head), and identical
   weights are stored once.
@@ -143,7 +144,7 @@ CUSTOM_NAMESPACES = ("glass", "llama")  # our kernels and ExecuTorch's LLM kerne
 
 def custom_ops(program) -> list[str]:
     """The non-portable kernels the program calls (outside the XNNPACK delegate), by method, as the
-    runtime resolves them: e.g. glass::gather_ffn_q.out."""
+    runtime resolves them: e.g. glass::norm_gather_ffn_q.out."""
     names = set()
     for plan in program.executorch_program.execution_plan:
         for operator in plan.operators:

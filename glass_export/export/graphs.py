@@ -3,8 +3,9 @@
 Both wrap one copy of the Hugging Face model whose FFNs are replaced by `GraphFFN` modules holding
 the neuron-contiguous weights (fp32: w_gate_up [m, 2, d], w_down_t [m, d]; quantised: codes and
 scales in MatMulNBits' row layout), read through the glass ops in both methods: dense ffn_up /
-ffn_down in prefill, gather_ffn over the kept neurons in decode. The program therefore stores each
-FFN weight once. The KV cache is a static buffer per layer shared by both methods.
+ffn_down in prefill, gather_ffn over the kept neurons in decode (quantised: norm_gather_ffn_q, the
+layer's pre-FFN RMSNorm folded in). The program therefore stores each FFN weight once. The KV cache
+is a static buffer per layer shared by both methods.
 
 A tied embedding and LM head read one table through the glass ops too (TiedTable), so the program
 stores it once: XNNPACK's LM head would keep a packed copy of its own.
@@ -27,6 +28,7 @@ import glass_ops  # noqa: F401  (registers torch.ops.glass.*)
 from glass_ops import ACTIVATION_CODES, native, pack_ffn_weights
 
 from ..models import decoder_layers, ffn_layers
+from ..models.decoder import ffn_norm, ffn_norm_name, rms_eps
 from ..quantization import QuantScheme, glass_reads_tied_table, quantize_rows
 from ..selection import SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
 
@@ -41,16 +43,24 @@ class FFNContext:
 
 
 class GraphFFN(torch.nn.Module):
-    """A decoder layer's FFN over neuron-contiguous weights, fp32 or quantised."""
+    """A decoder layer's RMSNorm and FFN over neuron-contiguous weights, fp32 or quantised: graph_model moves the
+    norm in here so the quantised decode folds it into its one op (glass::norm_gather_ffn_q)."""
 
-    def __init__(self, layer: int, gate, up, down, activation: str, context: FFNContext, quant: QuantScheme):
+    def __init__(self, layer: int, norm: torch.nn.Module, norm_offset: bool, norm_eps: float, gate, up, down,
+                 activation: str, context: FFNContext, quant: QuantScheme):
         super().__init__()
         w_gate_up, w_down_t = pack_ffn_weights(gate.detach().float(), up.detach().float(), down.detach().float())
         self.quant = quant
         self.layer = layer
         self.activation = ACTIVATION_CODES[activation]
         self.context = context
+        self.norm = norm  # the family's own module (prefill, fp32 decode)
         if quant.quantized:
+            if norm_offset:  # Gemma's 1 + w, folded
+                self.register_buffer("norm_weight", norm.weight.detach().float() + 1.0)
+            else:
+                self.norm_weight = norm.weight  # the family's own parameter: the program stores it once
+            self.norm_eps = norm_eps
             m, _, d = w_gate_up.shape
             for name, rows in (("gate_up", w_gate_up.reshape(2 * m, d)), ("down", w_down_t)):
                 q = quantize_rows(rows.numpy(), quant.bits, quant.group_size)
@@ -62,13 +72,15 @@ class GraphFFN(torch.nn.Module):
 
     def forward(self, x):
         ctx, q = self.context, self.quant
+        if ctx.mode == "gather" and q.quantized:
+            return torch.ops.glass.norm_gather_ffn_q(x, self.norm_weight, self.norm_eps, self.gate_up_codes,
+                                                     self.gate_up_scales, self.down_codes, self.down_scales,
+                                                     ctx.indices, self.layer, self.activation, q.bits, q.group_size,
+                                                     q.accuracy_level)
+        x = self.norm(x)
         if ctx.mode == "gather":
-            idx = ctx.indices[self.layer]
-            if q.quantized:
-                return torch.ops.glass.gather_ffn_q(x, self.gate_up_codes, self.gate_up_scales, self.down_codes,
-                                                    self.down_scales, idx, self.activation, q.bits, q.group_size,
-                                                    q.accuracy_level)
-            return torch.ops.glass.gather_ffn(x, self.w_gate_up, self.w_down_t, idx, self.activation)
+            return torch.ops.glass.gather_ffn(x, self.w_gate_up, self.w_down_t, ctx.indices[self.layer],
+                                              self.activation)
         if q.quantized:
             z = torch.ops.glass.ffn_up_q(x, self.gate_up_codes, self.gate_up_scales, self.activation, q.bits,
                                          q.group_size, q.accuracy_level)
@@ -139,15 +151,19 @@ def tie_through_glass(model, quant: QuantScheme) -> None:
 
 
 def graph_model(model, quant: QuantScheme = QuantScheme(), glass_ffn: bool = True):
-    """A copy of the model whose FFNs are GraphFFN modules sharing one FFNContext (glass_ffn False, for
-    dense twins: the model's own FFNs, lowered as stock linears), and whose tied embedding is one
-    TiedTable (glass_reads_tied_table)."""
+    """A copy of the model whose FFNs, with the RMSNorm before each, are GraphFFN modules sharing one
+    FFNContext (glass_ffn False, for dense twins: the model's own norms and FFNs, lowered as stock
+    operators), and whose tied embedding is one TiedTable (glass_reads_tied_table)."""
     ffns = ffn_layers(model)
     context = FFNContext()
     clone = copy.deepcopy(model).eval()
     if glass_ffn:
+        family = model.config.model_type
         for index, (layer, ffn) in enumerate(zip(decoder_layers(clone), ffns)):
-            layer.mlp = GraphFFN(index, ffn.gate, ffn.up, ffn.down, ffn.activation, context, quant)
+            norm, offset = ffn_norm(layer, family)
+            layer.mlp = GraphFFN(index, norm, offset, rms_eps(model.config), ffn.gate, ffn.up, ffn.down,
+                                 ffn.activation, context, quant)
+            setattr(layer, ffn_norm_name(family), torch.nn.Identity())  # GraphFFN applies it
     if glass_reads_tied_table(clone):
         tie_through_glass(clone, quant)
     return clone, context

@@ -75,6 +75,20 @@ def _norm_weight(module, offset: bool) -> np.ndarray:
     return weight + 1.0 if offset else weight
 
 
+def rms_eps(config) -> float:
+    return float(getattr(config, "rms_norm_eps", 1e-6))
+
+
+def ffn_norm_name(model_type: str) -> str:
+    """The decoder layer's attribute holding the RMSNorm right before its FFN."""
+    return "pre_feedforward_layernorm" if model_type in SANDWICH_FAMILIES else "post_attention_layernorm"
+
+
+def ffn_norm(layer, model_type: str) -> tuple[torch.nn.Module, bool]:
+    """A decoder layer's pre-FFN RMSNorm module, and whether it multiplies by 1 + weight (Gemma)."""
+    return getattr(layer, ffn_norm_name(model_type)), model_type in OFFSET_NORM_FAMILIES
+
+
 def _rotary_table(model, layer_type: str | None):
     """cos/sin for positions [0, S) from the model's own rotary module (every rope scaling type)."""
     rotary = model.model.rotary_emb
@@ -158,7 +172,7 @@ def decoder_spec(model) -> DecoderSpec:
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        rms_eps=float(getattr(config, "rms_norm_eps", 1e-6)),
+        rms_eps=rms_eps(config),
         attention_scale=float(attention.scaling),
         attention_softcap=float(softcap),
         final_logit_softcap=float(getattr(config, "final_logit_softcapping", None) or 0.0),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,20 @@ def torch_single_threaded():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# executorch::runtime::Error::OperatorMissing, as the Python runtime prints it ("error: 0x:14")
+OPERATOR_MISSING = re.compile(r"error: 0x:?14\b")
+
+
+def load_failure(directory: Path, exc: Exception) -> GlassExportError:
+    """What to tell the user when ExecuTorch cannot load the program's methods."""
+    if OPERATOR_MISSING.search(str(exc)):
+        return GlassExportError(
+            f"executorch cannot load {directory}: the program calls an operator that no loaded kernel library "
+            f"registers ({exc}); glass ops change between glass-export versions",
+            "re-export the artifact with this glass-export (and its kernel library)")
+    return GlassExportError(f"executorch cannot load {directory}: {exc}", "re-export the artifact")
 
 
 class ExecuTorchBackend(Backend):
@@ -62,7 +77,7 @@ class ExecuTorchBackend(Backend):
                 self.prefill_method = program.load_method("prefill")
                 self.decode_method = program.load_method("decode")
             except Exception as exc:  # the runtime raises RuntimeError / ValueError with its own codes
-                raise GlassExportError(f"executorch cannot load {directory}: {exc}", "re-export the artifact") from exc
+                raise load_failure(directory, exc) from exc
         kernels = (f"native kernels ({self.kernel_library.name}, {native.quant_kernels_name()})"
                    if self.kernel_library is not None else "stock kernels (no glass op in the program)")
         self.description = f"executorch, {kernels}, {self.threads} threads"

@@ -1,11 +1,12 @@
 """The torch.library definitions of the glass ops: reference CPU kernels, fake kernels, .out variants.
 
 fp32: gather_ffn (decode), ffn_up / ffn_down (dense prefill halves) over neuron-contiguous weights.
-Quantised (`_q`): the same three over rows quantised along d in blocks (MatMulNBits' layout, see
-glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
+Quantised (`_q`): the same three over rows quantised along d in blocks (the decode's as
+norm_gather_ffn_q, which applies the layer's RMSNorm first and reads its row of the kept indices; MatMulNBits'
+layout, see glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
 [rows, d / block] read as float16 values (scale_values; the exporter's scales are float16 values
 already), with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
-products see x quantised per block to int8 as MLAS's CompInt8 does, and gather_ffn_q's down
+products see x quantised per block to int8 as MLAS's CompInt8 does, and norm_gather_ffn_q's down
 projection is an integer dot product over neurons with int8 coefficients (decode_down_int8). The
 references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
 src/quant_decode.h) are held to them.
@@ -16,6 +17,8 @@ program stores it once: linear_rows(_q), the LM head x . table^T (int8 x per blo
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +33,11 @@ SCHEMAS = {
     "ffn_up": "Tensor x, Tensor w_gate_up, int activation",
     "ffn_down": "Tensor z, Tensor w_down_t",
     # the quantised forms
-    "gather_ffn_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, Tensor down, Tensor down_scales, Tensor idx, "
-                    "int activation, int bits, int block_size, int accuracy_level",
+    # ... and the decode's: the layer's FFN from the residual stream x, its RMSNorm folded in, over row `layer`
+    # of the kept indices [layers, k]
+    "norm_gather_ffn_q": "Tensor x, Tensor norm_weight, float norm_eps, Tensor gate_up, Tensor gate_up_scales, "
+                         "Tensor down, Tensor down_scales, Tensor indices, int layer, int activation, int bits, "
+                         "int block_size, int accuracy_level",
     "ffn_up_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, int activation, int bits, int block_size, "
                 "int accuracy_level",
     "ffn_down_q": "Tensor z, Tensor down, Tensor down_scales, int bits, int block_size",
@@ -172,15 +178,29 @@ def _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accurac
     return _activate(activation, gate_and_up[..., 0]) * gate_and_up[..., 1]
 
 
-def gather_ffn_q_reference(x, gate_up, gate_up_scales, down, down_scales, idx, activation, bits, block_size,
-                           accuracy_level):
-    _check_quant("gather_ffn_q", bits, block_size, accuracy_level)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm in float32, the weight with any offset (Gemma's 1 + w) folded in: the definition
+    of the norm glass::norm_gather_ffn_q applies (src/rms_norm.h)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def norm_gather_ffn_q_reference(x, norm_weight, norm_eps, gate_up, gate_up_scales, down, down_scales, indices, layer,
+                                activation, bits, block_size, accuracy_level):
+    name = "glass::norm_gather_ffn_q"
+    _check_quant("norm_gather_ffn_q", bits, block_size, accuracy_level)
     m = gate_up.shape[0] // 2
-    if idx.dtype != torch.int64 or idx.dim() != 1:
-        raise ValueError(f"glass::gather_ffn_q: idx must be int64 [k], got {idx.dtype} {tuple(idx.shape)}")
+    if indices.dtype != torch.int64 or indices.dim() != 2:
+        raise ValueError(f"{name}: indices must be int64 [layers, k], got {indices.dtype} {tuple(indices.shape)}")
+    if not 0 <= layer < indices.shape[0]:
+        raise IndexError(f"{name}: layer {layer} is out of range [0, {indices.shape[0]})")
+    if tuple(norm_weight.shape) != (x.shape[-1],) or not (math.isfinite(norm_eps) and norm_eps >= 0):
+        raise ValueError(f"{name}: norm_weight must be [{x.shape[-1]}] and norm_eps finite and >= 0, got "
+                         f"{tuple(norm_weight.shape)}, {norm_eps}")
+    idx = indices[layer]
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= m):
         bad = idx[(idx < 0) | (idx >= m)][0]
-        raise IndexError(f"glass::gather_ffn_q: index {int(bad)} is out of range [0, {m})")
+        raise IndexError(f"{name}: index {int(bad)} is out of range [0, {m})")
+    x = rms_norm(x, norm_weight, norm_eps)
     z = _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level, rows=idx)
     if accuracy_level == 4:
         return decode_down_int8(z, down[idx], down_scales[idx], bits, block_size)
@@ -248,7 +268,7 @@ def rope_reference(x, cos, sin):
 
 
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
-              "gather_ffn_q": gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
+              "norm_gather_ffn_q": norm_gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
               "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference,
               "linear_rows": linear_rows_reference, "linear_rows_q": linear_rows_q_reference,
               "embedding_q": embedding_q_reference, "rope": rope_reference}
@@ -260,7 +280,7 @@ def _output_shape(name, args):
     if name == "rope":
         return args[0].shape
     x, weights = args[0], args[1]
-    if name in ("gather_ffn", "gather_ffn_q"):
+    if name in ("gather_ffn", "norm_gather_ffn_q"):
         return x.shape
     if name in ("ffn_up", "linear_rows", "linear_rows_q"):
         return (*x.shape[:-1], weights.shape[0])

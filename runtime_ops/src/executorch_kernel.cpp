@@ -2,8 +2,10 @@
 //   glass::gather_ffn.out  decode FFN over the kept neurons
 //   glass::ffn_up.out      dense prefill, first half: z = act(x W_gate^T) * (x W_up^T)
 //   glass::ffn_down.out    dense prefill, second half: y = z W_down^T (w_down_t [m, d])
-//   glass::gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
-//                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py)
+//   glass::norm_gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
+//                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py), the
+//                          decode FFN with its RMSNorm folded in (rms_norm.h) and reading its layer's row of
+//                          the kept indices
 //   glass::normalised_square_sum.out  the prefill's float64 local statistic of one layer
 //   glass::linear_rows.out, glass::linear_rows_q.out, glass::embedding_q.out: a tied embedding's LM head
 //                          and (quantised) lookup over the one stored table (tied_embedding.h)
@@ -15,10 +17,13 @@
 #include <executorch/runtime/kernel/kernel_includes.h>
 #include <executorch/runtime/kernel/thread_parallel_interface.h>
 
+#include <cmath>
+#include <string>
 #include <vector>
 
 #include "gather_ffn.h"
 #include "quant_decode.h"
+#include "rms_norm.h"
 #include "rope.h"
 #include "tied_embedding.h"
 
@@ -128,31 +133,44 @@ glass::DecodePackCache& decode_pack_cache() {
   return cache;
 }
 
-Tensor& gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& gate_up, const Tensor& gate_up_scales,
-                         const Tensor& down, const Tensor& down_scales, const Tensor& idx, int64_t activation,
-                         int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
-  GLASS_CHECK(float_and_contiguous({&x, &out}), "glass::gather_ffn_q: x and out must be contiguous float32");
-  GLASS_CHECK(idx.scalar_type() == ScalarType::Long && idx.dim() == 1 && tensor_is_contiguous(idx),
-              "glass::gather_ffn_q: idx must be a contiguous int64 [k]");
+// The decode FFN of a layer over its kept neurons, from the residual stream x: y = FFN(rms_norm(x) * w)
+// over row `layer` of indices [layers, k] (prefill's whole output, so the program selects no rows itself).
+Tensor& norm_gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& norm_weight, double norm_eps,
+                              const Tensor& gate_up, const Tensor& gate_up_scales, const Tensor& down,
+                              const Tensor& down_scales, const Tensor& indices, int64_t layer, int64_t activation,
+                              int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &norm_weight, &out}),
+              "glass::norm_gather_ffn_q: x, norm_weight and out must be contiguous float32");
+  GLASS_CHECK(indices.scalar_type() == ScalarType::Long && indices.dim() == 2 && tensor_is_contiguous(indices),
+              "glass::norm_gather_ffn_q: indices must be a contiguous int64 [layers, k]");
+  GLASS_CHECK(layer >= 0 && layer < indices.size(0), "glass::norm_gather_ffn_q: layer %lld is out of range [0, %lld)",
+              static_cast<long long>(layer), static_cast<long long>(indices.size(0)));
+  GLASS_CHECK(std::isfinite(norm_eps) && norm_eps >= 0, "glass::norm_gather_ffn_q: norm_eps must be finite and >= 0");
   GLASS_CHECK(glass::valid_activation(activation) && glass::valid_accuracy(accuracy_level),
-              "glass::gather_ffn_q: activation must be 0 or 1 and accuracy_level 1 or 4");
-  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0, "glass::gather_ffn_q: gate_up must be [2m, blocks, blob]");
+              "glass::norm_gather_ffn_q: activation must be 0 or 1 and accuracy_level 1 or 4");
+  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0,
+              "glass::norm_gather_ffn_q: gate_up must be [2m, blocks, blob]");
   const int64_t m = gate_up.size(0) / 2;
   glass::QuantRows gu, dn;
   std::string error;
   GLASS_CHECK(quant_rows(gate_up, gate_up_scales, bits, block_size, &gu, &error) &&
                   quant_rows(down, down_scales, bits, block_size, &dn, &error),
-              "glass::gather_ffn_q: %s", error.c_str());
-  const int64_t d = gu.cols, k = idx.size(0);
-  GLASS_CHECK(down.size(0) == m && dn.cols == d && x.dim() >= 1 && x.size(x.dim() - 1) == d,
-              "glass::gather_ffn_q: x, gate_up and down disagree on m or d");
-  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "glass::gather_ffn_q: cannot resize out");
-  const int64_t* indices = idx.const_data_ptr<int64_t>();
-  const std::string bad = glass::check_indices(indices, k, m);
+              "glass::norm_gather_ffn_q: %s", error.c_str());
+  const int64_t d = gu.cols, k = indices.size(1);
+  GLASS_CHECK(down.size(0) == m && dn.cols == d && x.dim() >= 1 && x.size(x.dim() - 1) == d &&
+                  norm_weight.dim() == 1 && norm_weight.size(0) == d,
+              "glass::norm_gather_ffn_q: x, norm_weight, gate_up and down disagree on m or d");
+  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "glass::norm_gather_ffn_q: cannot resize out");
+  const int64_t* kept = indices.const_data_ptr<int64_t>() + layer * k;
+  const std::string bad = glass::check_indices(kept, k, m, "glass::norm_gather_ffn_q: index");
   GLASS_CHECK(bad.empty(), "%s", bad.c_str());
   const int64_t tokens = x.numel() / d;
-  const auto pack = decode_pack_cache().get(gu, dn, indices, k);
-  glass::gather_ffn_quant(x.const_data_ptr<float>(), tokens, *pack, static_cast<glass::Activation>(activation),
+  thread_local std::vector<float> normed;  // the caller's thread normalises; the pool runs the FFN
+  normed.resize(static_cast<size_t>(tokens * d));
+  glass::rms_norm(x.const_data_ptr<float>(), tokens, d, norm_weight.const_data_ptr<float>(),
+                  static_cast<float>(norm_eps), normed.data());
+  const auto pack = decode_pack_cache().get(gu, dn, kept, k);
+  glass::gather_ffn_quant(normed.data(), tokens, *pack, static_cast<glass::Activation>(activation),
                           static_cast<glass::Accuracy>(accuracy_level), out.mutable_data_ptr<float>(),
                           glass::task_count_for(k, kMaxTasks, tokens * d), ExecuTorchFor{});
   return out;
@@ -297,7 +315,7 @@ Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, 
 EXECUTORCH_LIBRARY(glass, "gather_ffn.out", glass_et::gather_ffn_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up.out", glass_et::ffn_up_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down.out", glass_et::ffn_down_out);
-EXECUTORCH_LIBRARY(glass, "gather_ffn_q.out", glass_et::gather_ffn_q_out);
+EXECUTORCH_LIBRARY(glass, "norm_gather_ffn_q.out", glass_et::norm_gather_ffn_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up_q.out", glass_et::ffn_up_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down_q.out", glass_et::ffn_down_q_out);
 EXECUTORCH_LIBRARY(glass, "normalised_square_sum.out", glass_et::normalised_square_sum_out);

@@ -7,7 +7,7 @@
 // defeat the hardware prefetchers). The pack costs about rho x the FFN's bytes of memory while the
 // prompt is in use.
 //
-// Semantics, per token x (what glass_ops/torch_ops.py's gather_ffn_q reference computes):
+// Semantics, per token x (what glass_ops/torch_ops.py's norm_gather_ffn_q reference computes after its RMSNorm):
 //   gate_j, up_j = dot products of the kept neuron j's rows with x (Int8 accuracy: x quantised per
 //                  block as in quant_ffn.h; Float32: float x), z_j = act(gate_j) * up_j;
 //   down, Int8 accuracy: per group J of 32 consecutive kept neurons (in idx order; the last group

@@ -40,7 +40,9 @@ public final class ExecuTorchBackend implements Backend {
     }
     // ExecuTorch has no fallback: a program that loaded runs the glass ops it calls on the native kernels.
     java.util.List<String> glass = new java.util.ArrayList<>();
-    for (String op : manifest.customOps) if (op.startsWith("glass::gather_ffn")) glass.add(op);
+    for (String op : manifest.customOps) {
+      if (op.startsWith("glass::gather_ffn") || op.startsWith("glass::norm_gather_ffn")) glass.add(op);  // the decode FFN
+    }
     this.opImplementation = glass.isEmpty() ? "stock kernels (no glass op in the program)"
         : "native glass kernels (" + String.join(", ", glass) + ")";
   }
@@ -81,7 +83,7 @@ public final class ExecuTorchBackend implements Backend {
     loaded = true;
   }
 
-  /** Whether ExecuTorch's kernel registry in this process has `op` (e.g. "glass::gather_ffn_q.out"). */
+  /** Whether ExecuTorch's kernel registry in this process has `op` (e.g. "glass::norm_gather_ffn_q.out"). */
   public static boolean hasOperator(String op) {
     return nativeHasOperator(op);
   }
