@@ -1,8 +1,8 @@
 """Golden data for the Android demo (android_demo/core and android_demo/app), written by the Python side.
 
 Exports a tiny model to ONNX with int4 weights (the quantised path a phone runs), its dense twin
-(artifact-dense, the app's switch), and to ExecuTorch (fp32, executorch/), and records what
-`glass-export run` does on fixed prompts: token ids, kept indices, first logits, greedy tokens and
+(artifact-dense, the app's switch), and to ExecuTorch (fp32, executorch/; int4, executorch-int4/), and
+records what `glass-export run` does on fixed prompts: token ids, kept indices, first logits, greedy tokens and
 text, every manifest field as Python reads it, and the app's run (EOS stops it) on both ONNX
 artifacts. scripts/test.sh then runs the JVM tests (mvn -f android_demo/pom.xml test), which must
 reproduce them. Nothing here is committed: the directory is android_demo/build/golden (git-ignored).
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from glass_export.artifact import load_manifest
 from glass_export.export import export_artifact
@@ -98,20 +99,24 @@ def test_write_golden_for_the_jvm_engine(example_dir, tmp_path):
                                                     "manifest_fields": fields, "app": app}, indent=1))
 
 
-def test_write_executorch_golden(example_dir, tmp_path):
-    """The same records for a .pte (fp32: the quantised export costs twice the time), for the JNI backend."""
-    artifact = tmp_path / "executorch"
+@pytest.mark.parametrize("weights", ["fp32", "int4"])
+def test_write_executorch_golden(example_dir, tmp_path, weights):
+    """The same records for a .pte, for the JNI backend: fp32 (executorch/) and int4 (executorch-int4/: the
+    quantised glass kernels, the decode's glass::norm_gather_ffn_q among them, as a phone runs them)."""
+    name = "executorch" if weights == "fp32" else f"executorch-{weights}"
+    artifact = tmp_path / name
     start = time.perf_counter()
     export_artifact(example_dir / "model", None, SelectionConfig("griffin", 0.5), "executorch", artifact,
-                    max_seq_len=96)
+                    max_seq_len=96, quant=QuantScheme(weights))
     seconds = time.perf_counter() - start
-    assert seconds < ET_EXPORT_BUDGET_S, f"the golden .pte export took {seconds:.0f} s"
+    if weights == "fp32":  # (the quantised export costs about twice the time)
+        assert seconds < ET_EXPORT_BUDGET_S, f"the golden .pte export took {seconds:.0f} s"
     backend = open_artifact(artifact)
     records = golden_records(backend, artifact_tokenizer(artifact, backend.manifest))
     custom_ops = load_manifest(artifact).runtime["custom_ops"]
     backend.close()
-    assert "glass::gather_ffn.out" in custom_ops
-    write_golden("executorch", artifact, records, custom_ops=custom_ops, export_seconds=seconds)
+    assert ("glass::gather_ffn.out" if weights == "fp32" else "glass::norm_gather_ffn_q.out") in custom_ops
+    write_golden(name, artifact, records, custom_ops=custom_ops, export_seconds=seconds)
 
 
 def write_golden(name: str, artifact: Path, records: list[dict], **extra) -> None:

@@ -56,6 +56,26 @@ class ExecuTorchGoldenTest {
     }
   }
 
+  /** The int4 program: the quantised glass kernels (the decode's norm_gather_ffn_q) through the same bridge. */
+  @Test
+  void quantisedProgramReproducesPythonRun() throws Exception {
+    JsonObject int4 = GoldenTest.readGolden("executorch-int4.json");
+    Manifest manifest = Manifest.load(golden.resolve("executorch-int4"));
+    assertEquals("int4", manifest.weights);
+    BpeTokenizer tokenizer = new BpeTokenizer(golden.resolve("executorch-int4/tokenizer.json"));
+    try (ExecuTorchBackend backend = new ExecuTorchBackend(manifest, null, 2)) {
+      assertEquals("native glass kernels (glass::norm_gather_ffn_q.out)", backend.opImplementation());
+      for (JsonElement op : int4.getAsJsonArray("custom_ops")) {
+        assertTrue(ExecuTorchBackend.hasOperator(op.getAsString()), op.getAsString());
+      }
+      Generator generator = new Generator(backend, manifest, tokenizer);
+      manifest.eosTokenIds.clear();
+      for (JsonElement e : int4.getAsJsonArray("records")) {
+        GoldenTest.assertReproduces(generator, e.getAsJsonObject(), int4.get("new_tokens").getAsInt());
+      }
+    }
+  }
+
   @Test
   void theKernelsTheProgramCallsAreRegistered() {
     try (ExecuTorchBackend backend = new ExecuTorchBackend(manifest(), null, 0)) {
