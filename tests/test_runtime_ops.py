@@ -493,11 +493,10 @@ def test_norm_gather_ffn_q_in_executorch_normalises_and_reads_its_layer(executor
     assert not np.allclose(outputs[0], outputs[2])  # the layers' rows differ, and each read its own
     for bad_layer, bad_indices, bad_weight in ((3, indices, weight), (0, indices * 0 + m, weight),
                                               (0, indices, weight[:-1])):
-        method = export_pte(NormGatherFFNQ(bad_layer, eps, accuracy=accuracy),
-                            tuple(feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)]),
-                            tmp_path / "bad.pte")
-        with pytest.raises(RuntimeError):
-            method.execute(feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)])
+        bad = feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)]
+        method = export_pte(NormGatherFFNQ(bad_layer, eps, accuracy=accuracy), tuple(bad), tmp_path / "bad.pte")
+        with pytest.raises(RuntimeError):  # the kernel's checks fail the method
+            method.execute(bad)
 
 
 def test_norm_gather_ffn_q_reference_refuses_bad_input():

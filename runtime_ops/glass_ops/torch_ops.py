@@ -2,10 +2,10 @@
 
 fp32: gather_ffn (decode), ffn_up / ffn_down (dense prefill halves) over neuron-contiguous weights.
 Quantised (`_q`): the same three over rows quantised along d in blocks (the decode's as
-norm_gather_ffn_q, which applies the layer's RMSNorm first and reads its row of the kept indices; MatMulNBits'
-layout, see glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8] and float scales
-[rows, d / block] read as float16 values (scale_values; the exporter's scales are float16 values
-already), with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
+norm_gather_ffn_q, which applies the layer's RMSNorm first and reads its row of the kept indices;
+MatMulNBits' layout, see glass_export/quantization.py): codes uint8 [rows, d / block, block * bits / 8]
+and float scales [rows, d / block] read as float16 values (scale_values; the exporter's scales are
+float16 values already), with the implicit zero point 2^(bits - 1); with accuracy level 4 the gate/up
 products see x quantised per block to int8 as MLAS's CompInt8 does, and norm_gather_ffn_q's down
 projection is an integer dot product over neurons with int8 coefficients (decode_down_int8). The
 references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
