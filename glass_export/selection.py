@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from glass_ops.torch_ops import normalised_square_sum  # the local statistic's one definition
+# the local statistic's, the ranking's and the rank fusion's one definitions (select_kept's too)
+from glass_ops.torch_ops import fused_rank_keys, normalised_square_sum, ranks
 
 from .errors import GlassExportError
 
@@ -113,13 +114,6 @@ def local_scores(z: torch.Tensor) -> torch.Tensor:
     return normalised_square_sum(z).sqrt().float()
 
 
-def ranks(scores: torch.Tensor) -> torch.Tensor:
-    """Rank of each neuron along the last dim: 0 = highest score, ties by lower index."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
-    positions = torch.arange(scores.shape[-1], dtype=torch.int64).expand_as(order)
-    return torch.zeros_like(order).scatter_(-1, order, positions)
-
-
 def ranks_by_topk(scores: torch.Tensor) -> torch.Tensor:
     """ranks() written with a full top-k, for exported graphs (ONNX has no stable sort).
 
@@ -147,13 +141,9 @@ def tie_free_keys(scores: torch.Tensor) -> torch.Tensor:
 def fused_keys(local_rank: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int) -> torch.Tensor:
     """The integer each neuron is ranked by, smallest kept first: the fused score, then the local rank
     (a permutation), so the keys of a layer are distinct."""
-    m = local_rank.shape[-1]
-    if global_rank is None:
-        if lam_units != LAMBDA_SCALE:
-            raise GlassExportError("a global prior is needed when lambda < 1", "pass --priors from glass-export calibrate")
-        global_rank = torch.zeros_like(local_rank)
-    fused = lam_units * local_rank + (LAMBDA_SCALE - lam_units) * global_rank
-    return fused * m + local_rank
+    if global_rank is None and lam_units != LAMBDA_SCALE:
+        raise GlassExportError("a global prior is needed when lambda < 1", "pass --priors from glass-export calibrate")
+    return fused_rank_keys(local_rank, global_rank, lam_units, LAMBDA_SCALE - lam_units)
 
 
 def fused_positions(config: "SelectionConfig", local: torch.Tensor, global_rank: torch.Tensor | None) -> torch.Tensor:
@@ -270,10 +260,12 @@ def select(config: SelectionConfig, local: torch.Tensor | None, prior: torch.Ten
 
 
 def select_with_ranks(config: SelectionConfig, local: torch.Tensor | None, global_rank: torch.Tensor | None, m: int,
-                      num_layers: int, rank_fn=ranks) -> torch.Tensor:
+                      num_layers: int, rank_fn=ranks, fused_select=None) -> torch.Tensor:
     """select() given the prior's ranks, computed once per model by the caller.
 
     rank_fn ranks the local scores: ranks() in eager PyTorch, ranks_by_topk() in exported graphs.
+    fused_select(local, global_rank, lam_units, k), if given, replaces fuse_and_select(rank_fn(local), ...)
+    for the methods that read the prompt (ExecuTorch's graphs: one glass::select_kept call).
     """
     k = config.keep_count(m)
     if not config.sparse_decode:
@@ -288,6 +280,8 @@ def select_with_ranks(config: SelectionConfig, local: torch.Tensor | None, globa
         )
     if lam > 0 and local is None:
         raise GlassExportError("internal: local scores missing for a prompt-dependent method")
+    if lam > 0 and fused_select is not None:
+        return fused_select(local, global_rank, lam, k)
     # With lambda = 0 the global ranks alone are a total order, so the local
     # ranks are not needed and the mask does not depend on the prompt.
     local_rank = rank_fn(local) if lam > 0 else torch.zeros(num_layers, m, dtype=torch.int64)

@@ -64,6 +64,8 @@ def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
     fused = family != "gemma2"
     assert ("llama::custom_sdpa.out" in manifest.runtime["custom_ops"]) == fused
     assert "glass::rope.out" in manifest.runtime["custom_ops"]
+    # a prompt-dependent selection in one glass::select_kept call (static-a's needs no local ranks)
+    assert ("glass::select_kept.out" in manifest.runtime["custom_ops"]) == config.needs_local_stats
     assert manifest.kv.layout == ("[batch=1, seq, kv_heads, head_dim]" if fused else "[batch=1, kv_heads, seq, head_dim]")
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, ATOL))
 

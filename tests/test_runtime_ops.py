@@ -696,3 +696,47 @@ def test_rope_matches_transformers_in_executorch(executorch_kernels, heads, toke
     odd_method = export_pte(Rope(), (odd, odd_tables, odd_tables), tmp_path / "odd.pte")
     with pytest.raises(RuntimeError):  # an odd head_dim has no halves: the kernel refuses it
         odd_method.execute([odd, odd_tables, odd_tables])
+
+
+# --- GLASS's selection as one kernel (graphs.glass_select_kept) -----------------------------------
+
+class SelectKept(torch.nn.Module):
+    def __init__(self, local_weight: int, k: int, prior: bool):
+        super().__init__()
+        self.local_weight, self.k, self.prior = local_weight, k, prior
+
+    def forward(self, local, global_rank):
+        return torch.ops.glass.select_kept(local, global_rank if self.prior else None, self.local_weight,
+                                           1000 - self.local_weight, self.k)
+
+
+@pytest.mark.parametrize("lam_units, prior", [(250, True), (1000, False), (1, True)])
+def test_select_kept_is_select_with_ranks_in_executorch(executorch_kernels, lam_units, prior, tmp_path):
+    """glass::select_kept keeps exactly the neurons selection.select_with_ranks keeps, in the same ascending
+    order: in ExecuTorch and as the torch op, on scores full of ties (equal values and zeros, which the
+    ranking breaks by the lower index) and with a NaN (ranked above every number, as PyTorch's sort puts it).
+    Bad input is refused: a global rank out of range, k out of range."""
+    from glass_export.selection import SelectionConfig, select_with_ranks
+
+    layers, m, k = 5, 96, 37
+    generator = torch.Generator().manual_seed(lam_units)
+    local = torch.randint(0, 6, (layers, m), generator=generator).float() / 4  # many equal scores, zeros too
+    local[1] = torch.rand(m, generator=generator)
+    local[2, 7] = float("nan")
+    global_rank = torch.stack([torch.randperm(m, generator=generator) for _ in range(layers)])
+    config = SelectionConfig("i-glass" if prior else "griffin", k / m, lam_units / 1000 if prior else None)
+    want = select_with_ranks(config, local, global_rank if prior else None, m, layers)
+    assert want.shape == (layers, k)
+    method = export_pte(SelectKept(lam_units, k, prior), (local, global_rank), tmp_path / "select.pte")
+    assert torch.equal(method.execute([local, global_rank])[0], want)
+    assert torch.equal(SelectKept(lam_units, k, prior)(local, global_rank), want)
+    if prior:
+        bad = global_rank.clone()
+        bad[3, 5] = m
+        with pytest.raises(RuntimeError):
+            method.execute([local, bad])
+        with pytest.raises(ValueError, match="out of range"):
+            SelectKept(lam_units, k, prior)(local, bad)
+    too_many = export_pte(SelectKept(lam_units, m + 1, prior), (local, global_rank), tmp_path / "too_many.pte")
+    with pytest.raises(RuntimeError):
+        too_many.execute([local, global_rank])

@@ -30,7 +30,7 @@ from glass_ops import ACTIVATION_CODES, native, pack_ffn_weights
 from ..models import decoder_layers, ffn_layers
 from ..models.decoder import ffn_norm, ffn_norm_name, rms_eps
 from ..quantization import QuantScheme, glass_reads_tied_table, quantize_rows
-from ..selection import SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
+from ..selection import LAMBDA_SCALE, SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
 
 
 class FFNContext:
@@ -323,7 +323,14 @@ class PrefillGraph(torch.nn.Module):
     def select(self, local: torch.Tensor) -> torch.Tensor:
         if self.config.method == "random":
             return self.fixed_indices.clone()
-        return select_with_ranks(self.config, local, self.global_rank, self.m, self.num_layers, rank_fn=ranks_by_topk)
+        return select_with_ranks(self.config, local, self.global_rank, self.m, self.num_layers, rank_fn=ranks_by_topk,
+                                 fused_select=glass_select_kept)
+
+
+def glass_select_kept(local: torch.Tensor, global_rank: torch.Tensor | None, lam_units: int, k: int) -> torch.Tensor:
+    """select_with_ranks' prompt-dependent selection as one glass::select_kept call, where the graph would run
+    three full-length top-k operators (ExecuTorch runs them as slow portable kernels)."""
+    return torch.ops.glass.select_kept(local, global_rank, lam_units, LAMBDA_SCALE - lam_units, k)
 
 
 class DecodeGraph(torch.nn.Module):

@@ -11,6 +11,9 @@ projection is an integer dot product over neurons with int8 coefficients (decode
 references here define those semantics for PyTorch; the native kernels (src/quant_ffn.h,
 src/quant_decode.h) are held to them.
 
+select_kept is GLASS's selection in one op (ranks, fused_rank_keys: the definitions selection.py uses; the
+native kernel is src/select_kept.h).
+
 A tied embedding table [V, d], fp32 or quantised the same way, has its own readers so an ExecuTorch
 program stores it once: linear_rows(_q), the LM head x . table^T (int8 x per block at accuracy level
 4, as MatMulNBits), and embedding_q, the lookup of dequantised rows (src/tied_embedding.h).
@@ -50,6 +53,9 @@ SCHEMAS = {
     "embedding_q": "Tensor ids, Tensor codes, Tensor scales, int bits, int block_size",
     # transformers' rotary embedding of x [batch, heads, tokens, head_dim] by cos, sin [batch, tokens, head_dim]
     "rope": "Tensor x, Tensor cos, Tensor sin",
+    # GLASS's selection: each layer's k kept neurons [layers, k] (ascending) from the prompt's local scores
+    # [layers, m] and the prior's ranks [layers, m] (None: all zero), fused with integer weights
+    "select_kept": "Tensor local, Tensor? global_rank, int local_weight, int global_weight, int k",
 }
 for _name, _args in SCHEMAS.items():
     torch.library.define(f"glass::{_name}", f"({_args}) -> Tensor")
@@ -267,11 +273,44 @@ def rope_reference(x, cos, sin):
     return x * cos.unsqueeze(1) + torch.cat((-second, first), dim=-1) * sin.unsqueeze(1)
 
 
+def ranks(scores: torch.Tensor) -> torch.Tensor:
+    """Rank of each neuron along the last dim: 0 = highest score, ties by lower index (NaN above every number,
+    where PyTorch's descending sort puts it)."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    positions = torch.arange(scores.shape[-1], dtype=torch.int64).expand_as(order)
+    return torch.zeros_like(order).scatter_(-1, order, positions)
+
+
+def fused_rank_keys(local_rank: torch.Tensor, global_rank: torch.Tensor | None, local_weight: int,
+                    global_weight: int) -> torch.Tensor:
+    """The integer each neuron is ranked by, smallest kept first: the weighted sum of its ranks, then its
+    local rank (a permutation), so the keys of a layer are distinct."""
+    fused = local_weight * local_rank
+    if global_rank is not None:
+        fused = fused + global_weight * global_rank
+    return fused * local_rank.shape[-1] + local_rank
+
+
+def select_kept_reference(local, global_rank, local_weight, global_weight, k):
+    if local.dim() != 2 or local.dtype != torch.float32:
+        raise ValueError(f"glass::select_kept: local must be float32 [layers, m], got {local.dtype} {tuple(local.shape)}")
+    m = local.shape[1]
+    if not 1 <= k <= m or min(local_weight, global_weight) < 0:
+        raise ValueError(f"glass::select_kept: k {k} must lie in [1, {m}] and the weights be non-negative")
+    if global_rank is not None:
+        if global_rank.shape != local.shape or global_rank.dtype != torch.int64:
+            raise ValueError(f"glass::select_kept: global_rank must be int64 {tuple(local.shape)}")
+        if global_rank.numel() and (int(global_rank.min()) < 0 or int(global_rank.max()) >= m):
+            raise ValueError(f"glass::select_kept: a global rank is out of range [0, {m})")
+    keys = fused_rank_keys(ranks(local), global_rank, local_weight, global_weight)
+    return torch.topk(keys, k, dim=-1, largest=False).indices.sort(dim=-1).values
+
+
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
               "norm_gather_ffn_q": norm_gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
               "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference,
               "linear_rows": linear_rows_reference, "linear_rows_q": linear_rows_q_reference,
-              "embedding_q": embedding_q_reference, "rope": rope_reference}
+              "embedding_q": embedding_q_reference, "rope": rope_reference, "select_kept": select_kept_reference}
 
 
 def _output_shape(name, args):
@@ -279,6 +318,8 @@ def _output_shape(name, args):
         return (args[0].shape[-1],)
     if name == "rope":
         return args[0].shape
+    if name == "select_kept":
+        return (args[0].shape[0], args[4])
     x, weights = args[0], args[1]
     if name in ("gather_ffn", "norm_gather_ffn_q"):
         return x.shape
@@ -303,7 +344,8 @@ def _register(name, ref):
         return out
 
     def fake(*args):
-        dtype = {"normalised_square_sum": torch.float64, "embedding_q": torch.float32}.get(name, args[0].dtype)
+        dtype = {"normalised_square_sum": torch.float64, "embedding_q": torch.float32,
+                 "select_kept": torch.int64}.get(name, args[0].dtype)
         return args[0].new_empty(_output_shape(name, args), dtype=dtype)
 
     def out_fake(*args, out):

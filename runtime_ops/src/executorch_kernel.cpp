@@ -10,6 +10,8 @@
 //   glass::linear_rows.out, glass::linear_rows_q.out, glass::embedding_q.out: a tied embedding's LM head
 //                          and (quantised) lookup over the one stored table (tied_embedding.h)
 //   glass::rope.out        transformers' rotary embedding of the queries or keys (rope.h)
+//   glass::select_kept.out the prefill's kept neurons of every layer from local scores and prior ranks
+//                          (select_kept.h)
 // Each family reads the same neuron-contiguous tensors, so a program stores them once.
 // Every shape, dtype and index is checked; a bad one fails the method with a message.
 #include <executorch/extension/kernel_util/make_boxed_from_unboxed_functor.h>
@@ -25,6 +27,7 @@
 #include "quant_decode.h"
 #include "rms_norm.h"
 #include "rope.h"
+#include "select_kept.h"
 #include "tied_embedding.h"
 
 namespace glass_et {
@@ -308,6 +311,36 @@ Tensor& rope_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& cos, 
   return out;
 }
 
+// out [layers, k] int64: each layer's kept neurons, ascending, from local [layers, m] float32 and the prior's
+// ranks global_rank [layers, m] int64 (absent: all zero) fused with integer weights (select_kept.h).
+Tensor& select_kept_out(KernelRuntimeContext& ctx, const Tensor& local, const executorch::aten::optional<Tensor>& global_rank,
+                        int64_t local_weight, int64_t global_weight, int64_t k, Tensor& out) {
+  constexpr int64_t kLimit = int64_t{1} << 20;  // weights and m below it keep every key under 2^61
+  GLASS_CHECK(float_and_contiguous({&local}) && local.dim() == 2, "glass::select_kept: local must be a contiguous float32 [layers, m]");
+  const int64_t layers = local.size(0), m = local.size(1);
+  GLASS_CHECK(m < kLimit && local_weight >= 0 && local_weight < kLimit && global_weight >= 0 && global_weight < kLimit,
+              "glass::select_kept: m, local_weight and global_weight must lie in [0, 2^20)");
+  GLASS_CHECK(k >= 1 && k <= m, "glass::select_kept: k %lld is out of range [1, %lld]", static_cast<long long>(k),
+              static_cast<long long>(m));
+  const int64_t* ranks = nullptr;
+  if (global_rank.has_value()) {
+    const Tensor& g = global_rank.value();
+    GLASS_CHECK(g.scalar_type() == ScalarType::Long && tensor_is_contiguous(g) &&
+                    executorch::runtime::tensors_have_same_shape(g, local),
+                "glass::select_kept: global_rank must be a contiguous int64 tensor of local's shape");
+    ranks = g.const_data_ptr<int64_t>();
+    const std::string bad = glass::check_global_ranks(ranks, g.numel(), m);
+    GLASS_CHECK(bad.empty(), "%s", bad.c_str());
+  }
+  GLASS_CHECK(out.scalar_type() == ScalarType::Long && tensor_is_contiguous(out),
+              "glass::select_kept: out must be a contiguous int64 tensor");
+  const SizesType sizes[2] = {static_cast<SizesType>(layers), static_cast<SizesType>(k)};
+  GLASS_CHECK(executorch::runtime::resize_tensor(out, {sizes, 2}) == Error::Ok, "glass::select_kept: cannot resize out");
+  glass::select_kept(local.const_data_ptr<float>(), ranks, layers, m, local_weight, global_weight, k,
+                     out.mutable_data_ptr<int64_t>(), ExecuTorchFor{});
+  return out;
+}
+
 #undef GLASS_CHECK
 
 }  // namespace glass_et
@@ -323,3 +356,4 @@ EXECUTORCH_LIBRARY(glass, "linear_rows.out", glass_et::linear_rows_out);
 EXECUTORCH_LIBRARY(glass, "linear_rows_q.out", glass_et::linear_rows_q_out);
 EXECUTORCH_LIBRARY(glass, "embedding_q.out", glass_et::embedding_q_out);
 EXECUTORCH_LIBRARY(glass, "rope.out", glass_et::rope_out);
+EXECUTORCH_LIBRARY(glass, "select_kept.out", glass_et::select_kept_out);
