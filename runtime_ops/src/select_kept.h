@@ -49,7 +49,7 @@ inline void select_kept_layer(const float* local, const int64_t* global_rank, in
   std::nth_element(sorted.begin(), sorted.begin() + (k - 1), sorted.end());
   const int64_t threshold = sorted[k - 1];
   int64_t n = 0;
-  for (int64_t i = 0; i < m; ++i) {
+  for (int64_t i = 0; i < m && n < k; ++i) {
     if (keys[i] <= threshold) kept[n++] = i;
   }
 }
