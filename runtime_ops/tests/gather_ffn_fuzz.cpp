@@ -1,19 +1,74 @@
 // Randomised check of the gather_ffn core against a naive double-precision reference:
 // random shapes, unsorted and duplicate indices, k = 1 and k = m, both activations, and
-// out-of-range indices that must be refused. Built with -DGLASS_ASAN=ON in CI, so any
+// out-of-range indices that must be refused; and of the selection core (select_kept.h) against a
+// naive counting rank, on scores with ties and NaNs. Built with -DGLASS_ASAN=ON in CI, so any
 // out-of-bounds read in the kernel aborts the run. Prints "N passed, N failed".
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include <vector>
 
 #include "gather_ffn.h"
+#include "select_kept.h"
 
 namespace {
 
 double reference_act(glass::Activation act, double g) {
   if (act == glass::Activation::SiLU) return g / (1.0 + std::exp(-g));
   return 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g)));
+}
+
+// select_kept's definition, naively: rank by counting, keys, the k smallest in index order.
+std::vector<int64_t> naive_kept(const float* local, const int64_t* global_rank, int64_t m, int64_t local_weight,
+                                int64_t global_weight, int64_t k) {
+  std::vector<int64_t> keys(m), order(m);
+  for (int64_t i = 0; i < m; ++i) {
+    int64_t rank = 0;
+    for (int64_t j = 0; j < m; ++j) {
+      const bool above = std::isnan(local[j]) ? !std::isnan(local[i]) || j < i
+                                              : !std::isnan(local[i]) && (local[j] > local[i] || (local[j] == local[i] && j < i));
+      rank += above;
+    }
+    keys[i] = (local_weight * rank + global_weight * global_rank[i]) * m + rank;
+  }
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] < keys[b]; });
+  order.resize(k);
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+// One random selection case: layers of m scores with ties and NaNs, prior ranks, a lambda.
+bool selection_case(std::mt19937_64& rng, int64_t m, int c) {
+  const int64_t layers = 1 + rng() % 3, k = 1 + rng() % m, local_weight = rng() % 1001;
+  std::vector<float> local(layers * m);
+  std::vector<int64_t> global(layers * m), kept(layers * k);
+  for (auto& v : local) v = static_cast<float>(rng() % 5) / 4.0f;  // many ties, zeros too
+  if (c % 3 == 0) local[rng() % local.size()] = NAN;
+  for (int64_t l = 0; l < layers; ++l) {
+    std::iota(global.begin() + l * m, global.begin() + (l + 1) * m, int64_t{0});
+    std::shuffle(global.begin() + l * m, global.begin() + (l + 1) * m, rng);
+  }
+  if (c % 2 == 0) {
+    glass::select_kept(local.data(), global.data(), layers, m, local_weight, 1000 - local_weight, k, kept.data(),
+                       glass::OpenMPFor{});
+  } else {
+    glass::select_kept(local.data(), global.data(), layers, m, local_weight, 1000 - local_weight, k, kept.data(),
+                       glass::SerialFor{});
+  }
+  bool ok = glass::check_global_ranks(global.data(), global.size(), m).empty();
+  for (int64_t l = 0; l < layers; ++l) {
+    const auto want = naive_kept(local.data() + l * m, global.data() + l * m, m, local_weight, 1000 - local_weight, k);
+    ok = ok && std::equal(want.begin(), want.end(), kept.begin() + l * k);
+  }
+  for (int64_t bad : {m, int64_t(-1)}) {  // prior ranks outside [0, m) are refused
+    std::vector<int64_t> wrong = global;
+    wrong[rng() % wrong.size()] = bad;
+    ok = ok && !glass::check_global_ranks(wrong.data(), wrong.size(), m).empty();
+  }
+  return ok;
 }
 
 }  // namespace
@@ -91,6 +146,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < tokens * d; ++i) {
       if (std::fabs(y_dense[i] - y_all[i]) > 1e-3f * (1.0f + std::fabs(y_all[i]))) ok = false;
     }
+    ok = ok && selection_case(rng, m, c);
     if (ok) {
       ++passed;
     } else {
