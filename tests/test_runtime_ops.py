@@ -702,12 +702,14 @@ def test_rope_matches_transformers_in_executorch(executorch_kernels, heads, toke
 
 class SelectKept(torch.nn.Module):
     def __init__(self, local_weight: int, k: int, prior: bool):
+        from glass_export.selection import LAMBDA_SCALE
+
         super().__init__()
-        self.local_weight, self.k, self.prior = local_weight, k, prior
+        self.local_weight, self.global_weight, self.k, self.prior = local_weight, LAMBDA_SCALE - local_weight, k, prior
 
     def forward(self, local, global_rank):
         return torch.ops.glass.select_kept(local, global_rank if self.prior else None, self.local_weight,
-                                           1000 - self.local_weight, self.k)
+                                           self.global_weight, self.k)
 
 
 @pytest.mark.parametrize("lam_units, prior", [(250, True), (1000, False), (1, True)])

@@ -329,7 +329,7 @@ Tensor& select_kept_out(KernelRuntimeContext& ctx, const Tensor& local, const ex
                     executorch::runtime::tensors_have_same_shape(g, local),
                 "glass::select_kept: global_rank must be a contiguous int64 tensor of local's shape");
     ranks = g.const_data_ptr<int64_t>();
-    const std::string bad = glass::check_global_ranks(ranks, g.numel(), m);
+    const std::string bad = glass::check_indices(ranks, g.numel(), m, "glass::select_kept: global rank");
     GLASS_CHECK(bad.empty(), "%s", bad.c_str());
   }
   GLASS_CHECK(out.scalar_type() == ScalarType::Long && tensor_is_contiguous(out),

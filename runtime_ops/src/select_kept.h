@@ -5,27 +5,16 @@
 //                    PyTorch's descending sort puts it);
 //   key(i) = (local_weight r(i) + global_weight g(i)) m + r(i)   (distinct: r is a permutation);
 //   kept: the k neurons with the smallest keys, in ascending neuron order.
+// The caller checks g(i) in [0, m) (check_indices), so no key overflows.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
-#include <string>
 #include <vector>
 
 namespace glass {
-
-// An error message, or "" when every global rank lies in [0, m) (so no key overflows).
-inline std::string check_global_ranks(const int64_t* global_rank, int64_t count, int64_t m) {
-  for (int64_t i = 0; i < count; ++i) {
-    if (global_rank[i] < 0 || global_rank[i] >= m) {
-      return "glass::select_kept: global rank " + std::to_string(global_rank[i]) + " is out of range [0, " +
-             std::to_string(m) + ")";
-    }
-  }
-  return "";
-}
 
 // kept [k] of one layer; global_rank may be null (all zero). 0 < k <= m.
 inline void select_kept_layer(const float* local, const int64_t* global_rank, int64_t m, int64_t local_weight,

@@ -58,7 +58,7 @@ bool selection_case(std::mt19937_64& rng, int64_t m, int c) {
     glass::select_kept(local.data(), global.data(), layers, m, local_weight, 1000 - local_weight, k, kept.data(),
                        glass::SerialFor{});
   }
-  bool ok = glass::check_global_ranks(global.data(), global.size(), m).empty();
+  bool ok = glass::check_indices(global.data(), global.size(), m, "global rank").empty();
   for (int64_t l = 0; l < layers; ++l) {
     const auto want = naive_kept(local.data() + l * m, global.data() + l * m, m, local_weight, 1000 - local_weight, k);
     ok = ok && std::equal(want.begin(), want.end(), kept.begin() + l * k);
@@ -66,7 +66,7 @@ bool selection_case(std::mt19937_64& rng, int64_t m, int c) {
   for (int64_t bad : {m, int64_t(-1)}) {  // prior ranks outside [0, m) are refused
     std::vector<int64_t> wrong = global;
     wrong[rng() % wrong.size()] = bad;
-    ok = ok && !glass::check_global_ranks(wrong.data(), wrong.size(), m).empty();
+    ok = ok && !glass::check_indices(wrong.data(), wrong.size(), m, "global rank").empty();
   }
   return ok;
 }
