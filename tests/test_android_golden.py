@@ -102,7 +102,7 @@ def test_write_golden_for_the_jvm_engine(example_dir, tmp_path):
 @pytest.mark.parametrize("weights", ["fp32", "int4"])
 def test_write_executorch_golden(example_dir, tmp_path, weights):
     """The same records for a .pte, for the JNI backend: fp32 (executorch/) and int4 (executorch-int4/: the
-    quantised glass kernels, the decode's glass::norm_gather_ffn_q among them, as a phone runs them)."""
+    quantised glass kernels, the decode's glass::residual_norm_gather_ffn_q among them, as a phone runs them)."""
     name = "executorch" if weights == "fp32" else f"executorch-{weights}"
     artifact = tmp_path / name
     start = time.perf_counter()
@@ -114,7 +114,7 @@ def test_write_executorch_golden(example_dir, tmp_path, weights):
     records = golden_records(backend, artifact_tokenizer(artifact, backend.manifest))
     custom_ops = load_manifest(artifact).runtime["custom_ops"]
     backend.close()
-    assert ("glass::gather_ffn.out" if weights == "fp32" else "glass::norm_gather_ffn_q.out") in custom_ops
+    assert ("glass::gather_ffn.out" if weights == "fp32" else "glass::residual_norm_gather_ffn_q.out") in custom_ops
     write_golden(name, artifact, records, custom_ops=custom_ops, export_seconds=seconds)
 
 

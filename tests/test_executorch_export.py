@@ -21,6 +21,7 @@ from glass_export.example import FAMILIES, build_model
 from glass_export.export import export_artifact
 from glass_export.export.graphs import rope_through_glass
 from glass_export.models import load_model
+from glass_export.models.decoder import SANDWICH_FAMILIES
 from glass_export.prompts import builtin_prompts
 from glass_export.quantization import QuantScheme
 from glass_export.runtime import open_artifact
@@ -64,6 +65,7 @@ def test_every_family_exports_and_verifies(family, tokenizer, tmp_path_factory):
     fused = family != "gemma2"
     assert ("llama::custom_sdpa.out" in manifest.runtime["custom_ops"]) == fused
     assert "glass::rope.out" in manifest.runtime["custom_ops"]
+    assert "glass::rms_norm.out" in manifest.runtime["custom_ops"]  # every RMSNorm (graphs.norms_through_glass)
     # a prompt-dependent selection in one glass::select_kept call (static-a's needs no local ranks)
     assert ("glass::select_kept.out" in manifest.runtime["custom_ops"]) == config.needs_local_stats
     assert manifest.kv.layout == ("[batch=1, seq, kv_heads, head_dim]" if fused else "[batch=1, kv_heads, seq, head_dim]")
@@ -78,7 +80,9 @@ def test_quantised_exports_verify(family, weights, tokenizer, tmp_path_factory):
     out = root / f"pte-{weights}"
     manifest = export_artifact(root / "model", root / "priors.safetensors", SelectionConfig("i-glass", 0.5, 0.4),
                                "executorch", out, max_seq_len=64, quant=QuantScheme(weights))
-    assert {"glass::norm_gather_ffn_q.out", "glass::ffn_up_q.out", "glass::ffn_down_q.out"} <= set(manifest.runtime["custom_ops"])
+    # the decode FFN with its layer's residual add, unless the family normalises the FFN's output first
+    decode_ffn = "glass::norm_gather_ffn_q.out" if family in SANDWICH_FAMILIES else "glass::residual_norm_gather_ffn_q.out"
+    assert {decode_ffn, "glass::ffn_up_q.out", "glass::ffn_down_q.out"} <= set(manifest.runtime["custom_ops"])
     assert "torchao" in manifest.runtime["non_ffn_quantization"]
     assert_matches_eager(verify_artifact(out, root / "model", builtin_prompts()[:2], STEPS, None))
     # Tiny models carry a large share of fp32 norms and program, so the bound is looser than on real models (SmolLM2's int4 .pte: docs/quantization.md); an FFN or a
@@ -172,14 +176,39 @@ def test_dense_twin_and_cli(untied_dir, tmp_path):
 def test_dense_twin_ffn_is_the_stock_one(untied_dir, tmp_path, weights):
     """Dense twins never gather: their FFNs are the model's own linears on XNNPACK (torchao-quantised like the
     rest). What a twin shares with its sparse artifact goes through the glass kernels too: an untied model's
-    twin calls glass::rope (the rotary embedding) and no other glass kernel (a tied table is read by the
-    glass kernels: test_tied_table_is_stored_once)."""
+    twin calls glass::rope (the rotary embedding) and glass::rms_norm (the norms) and no other glass kernel (a
+    tied table is read by the glass kernels: test_tied_table_is_stored_once)."""
     out = tmp_path / f"dense-{weights}"
     manifest = export_artifact(untied_dir / "model", None, SelectionConfig("dense"), "executorch", out, max_seq_len=48,
                                quant=QuantScheme(weights))
-    assert [op for op in manifest.runtime["custom_ops"] if op.startswith("glass::")] == ["glass::rope.out"]
+    assert [op for op in manifest.runtime["custom_ops"] if op.startswith("glass::")] == ["glass::rms_norm.out",
+                                                                                      "glass::rope.out"]
     report = verify_artifact(out, untied_dir / "model", builtin_prompts()[:2], 8, None)
     assert report["passed"] and "native kernels" in report["runs_on"], report
+
+
+def delegate_calls(pte, method: str) -> int:
+    """How many XNNPACK delegate calls one run of the method makes (the program's instruction list)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(pte.read_bytes())
+    plan = next(plan for plan in getattr(program, "program", program).execution_plan if plan.name == method)
+    return sum(type(step.instr_args).__name__ == "DelegateCall" for chain in plan.chains for step in chain.instructions)
+
+
+def test_int4_decode_layers_call_xnnpack_twice(untied_dir, tmp_path):
+    """Per layer, an int4 GLASS decode step calls XNNPACK twice: the q/k/v projections, then the output projection
+    with the residual add. Its norms, rotary embedding, attention and FFN (with the next residual add) are single
+    kernel calls, and the views between them are aliases (executorch_export.decode_partitioner). The dense twin
+    adds one call a layer, its FFN. Before those changes it was four and five."""
+    layers = build_model("llama").config.num_hidden_layers
+    calls = {}
+    for config in (SelectionConfig("griffin", 0.5), SelectionConfig("dense")):
+        out = tmp_path / config.method
+        export_artifact(untied_dir / "model", None, config, "executorch", out, max_seq_len=32, quant=QuantScheme("int4"))
+        calls[config.method] = delegate_calls(out / "model.pte", "decode")
+    # plus the rotary tables' call at the start and the untied LM head's at the end
+    assert calls == {"griffin": 2 * layers + 2, "dense": 3 * layers + 2}
 
 
 def test_missing_kernel_library_says_how_to_build(untied_artifact, monkeypatch, tmp_path):

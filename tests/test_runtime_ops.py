@@ -431,13 +431,13 @@ class NormGatherFFNQ(torch.nn.Module):
     """ExecuTorch's quantised decode op with its weights as inputs (so the runtime copies each call's weights
     into the same planned memory)."""
 
-    def __init__(self, layer=0, eps=0.0, activation=0, bits=4, group=32, accuracy=4):
+    def __init__(self, layer=0, eps=0.0, activation=0, bits=4, group=32, accuracy=4, residual=False):
         super().__init__()
         self.layer, self.eps, self.args = layer, eps, (activation, bits, group, accuracy)
+        self.op = torch.ops.glass.residual_norm_gather_ffn_q if residual else torch.ops.glass.norm_gather_ffn_q
 
     def forward(self, x, norm_weight, gu, gus, dn, dns, indices):
-        return torch.ops.glass.norm_gather_ffn_q(x, norm_weight, self.eps, gu, gus, dn, dns, indices, self.layer,
-                                                 *self.args)
+        return self.op(x, norm_weight, self.eps, gu, gus, dn, dns, indices, self.layer, *self.args)
 
 
 def exactly_normalised(x):
@@ -465,12 +465,14 @@ def test_rms_norm_is_transformers_rmsnorm():
         torch.testing.assert_close(rms_norm(x, 1 + gemma.weight, 1e-6), gemma(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("accuracy", [4, 1])
-def test_norm_gather_ffn_q_in_executorch_normalises_and_reads_its_layer(executorch_kernels, accuracy, tmp_path):
+def test_norm_gather_ffn_q_in_executorch_normalises_and_reads_its_layer(executorch_kernels, accuracy, residual,
+                                                                         tmp_path):
     """glass::norm_gather_ffn_q = the FFN of rms_norm(x) * w over row `layer` of indices [layers, k], native in
-    ExecuTorch. Accuracy 4 (int8 x): x = +-4, whose norm is exact, so kernel and reference quantise the same x,
-    and the result is within quant_reference's bound. Accuracy 1 (float x): any x, eps 1e-5; the norm adds float32
-    rounding only, |diff| <= 1e-4 (1 + |ref|)."""
+    ExecuTorch (glass::residual_norm_gather_ffn_q: x + that FFN). Accuracy 4 (int8 x): x = +-4, whose norm is
+    exact, so kernel and reference quantise the same x, and the result is within quant_reference's bound.
+    Accuracy 1 (float x): any x, eps 1e-5; the norm adds float32 rounding only, |diff| <= 1e-4 (1 + |ref|)."""
     m, d = 40, 64
     x, gu, dn = quant_case(7, d=d, m=m)
     rng = np.random.default_rng(8)
@@ -486,17 +488,56 @@ def test_norm_gather_ffn_q_in_executorch_normalises_and_reads_its_layer(executor
                                            indices)]
     outputs = {}
     for layer in (0, 2):
-        method = export_pte(NormGatherFFNQ(layer, eps, accuracy=accuracy), tuple(feeds), tmp_path / f"l{layer}.pte")
+        method = export_pte(NormGatherFFNQ(layer, eps, accuracy=accuracy, residual=residual), tuple(feeds),
+                            tmp_path / f"l{layer}.pte")
         got = outputs[layer] = method.execute(feeds)[0].numpy()
         want, bound = quant_reference(normed, gu, dn, indices[layer], 0, accuracy)
+        if residual:
+            want = want + x
         assert np.all(np.abs(got - want) <= 1.05 * bound + 1e-4 * (1 + np.abs(want))), layer
     assert not np.allclose(outputs[0], outputs[2])  # the layers' rows differ, and each read its own
     for bad_layer, bad_indices, bad_weight in ((3, indices, weight), (0, indices * 0 + m, weight),
                                               (0, indices, weight[:-1])):
         bad = feeds[:1] + [torch.from_numpy(bad_weight)] + feeds[2:6] + [torch.from_numpy(bad_indices)]
-        method = export_pte(NormGatherFFNQ(bad_layer, eps, accuracy=accuracy), tuple(bad), tmp_path / "bad.pte")
+        method = export_pte(NormGatherFFNQ(bad_layer, eps, accuracy=accuracy, residual=residual), tuple(bad),
+                            tmp_path / "bad.pte")
         with pytest.raises(RuntimeError):  # the kernel's checks fail the method
             method.execute(bad)
+
+
+class RMSNorm(torch.nn.Module):
+    def __init__(self, eps):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x, weight):
+        return torch.ops.glass.rms_norm(x, weight, self.eps)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma"])
+def test_rms_norm_op_is_the_families_rmsnorm_in_executorch(executorch_kernels, family, tmp_path):
+    """glass::rms_norm (graphs.norms_through_glass) against the family's own RMSNorm module (Gemma's 1 + w folded
+    into the weight), in ExecuTorch and as the torch op; a weight of the wrong length is refused by both. float32
+    rounding apart: 1e-5 + 1e-5 |ref|."""
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 5, 48, generator=gen) * 3
+    module = LlamaRMSNorm(48, eps=1e-5) if family == "llama" else GemmaRMSNorm(48, eps=1e-6)
+    with torch.no_grad():
+        module.weight.copy_(torch.randn(48, generator=gen))
+        want = module(x)
+    weight = module.weight.detach() + (1.0 if family == "gemma" else 0.0)
+    eps = 1e-5 if family == "llama" else 1e-6
+    method = export_pte(RMSNorm(eps), (x, weight), tmp_path / "norm.pte")
+    torch.testing.assert_close(method.execute([x, weight])[0], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.ops.glass.rms_norm(x, weight, eps), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected x"):
+        torch.ops.glass.rms_norm(x, weight[:-1], eps)
+    short = export_pte(RMSNorm(eps), (x, weight[:-1]), tmp_path / "short.pte")
+    with pytest.raises(RuntimeError):
+        short.execute([x, weight[:-1]])
 
 
 def test_norm_gather_ffn_q_reference_refuses_bad_input():

@@ -5,12 +5,15 @@
   is ExecuTorch's llama::custom_sdpa over a [1, max_seq_len, kv_heads, head_dim] cache written by
   llama::update_cache (as ExecuTorch's own LLM exports do); Gemma 2's soft-capped attention keeps
   transformers' attention over [1, kv_heads, max_seq_len, head_dim]. The rotary embedding is one
-  glass::rope call per tensor (graphs.rope_through_glass).
+  glass::rope call per tensor (graphs.rope_through_glass), every RMSNorm one glass::rms_norm call
+  (graphs.norms_through_glass).
 - The FFN weights are stored neuron-contiguous and read by custom ops in both methods
   (glass::ffn_up / glass::ffn_down in prefill, glass::gather_ffn in decode; quantised, the decode's
-  glass::norm_gather_ffn_q applies the layer's pre-FFN RMSNorm too); a tied embedding
+  glass::norm_gather_ffn_q applies the layer's pre-FFN RMSNorm too, and glass::residual_norm_gather_ffn_q
+  the residual add after it: fuse_ffn_residual); a tied embedding
   table is read by glass::linear_rows(_q) as the LM head (and glass::embedding_q as the quantised
-  lookup); XNNPACK takes the rest (attention projections, norms, an untied lm_head), and identical
+  lookup); XNNPACK takes the rest (attention projections, an untied lm_head; in decode without the
+  views, which stay aliases: decode_partitioner), and identical
   weights are stored once.
 - Static shapes where possible: k is fixed, decode is fully static, prefill takes
   1 <= T <= max_seq_len tokens (an upper-bounded dynamic dimension).
@@ -26,7 +29,7 @@ from ..artifact import KV_HEADS_FIRST, KV_SEQ_FIRST, TARGET_FILES, KVLayout
 from ..errors import GlassExportError
 from ..quantization import TORCHAO_DESCRIPTION, QuantScheme, torchao_quantize
 from . import ExportContext, RecipeOutput
-from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model, rope_through_glass
+from .graphs import DecodeGraph, PrefillGraph, StaticKV, graph_model, norms_through_glass, rope_through_glass
 
 STEPS = ("preparing graphs", "exporting prefill graph", "exporting decode graph", "lowering to XNNPACK",
          "writing program")
@@ -60,7 +63,7 @@ def export(ctx: ExportContext) -> RecipeOutput:
     prefill = PrefillGraph(graph_lm, context, config, ctx.global_rank, m, kv=static_kv).eval()
     decode = DecodeGraph(graph_lm, context, sparse=config.sparse_decode, kv=static_kv).eval()
     example_ids = torch.tensor([[1, 2, 3, 4, 5]]) % model.config.vocab_size
-    with torch.no_grad(), rope_through_glass(graph_lm):
+    with torch.no_grad(), rope_through_glass(graph_lm), norms_through_glass(graph_lm):
         with native.native_log_silenced():  # llama::custom_sdpa's eager kernel logs to stderr
             _, _, example_indices = prefill(example_ids)
         ctx.step("exporting prefill graph")
@@ -69,6 +72,7 @@ def export(ctx: ExportContext) -> RecipeOutput:
         ctx.step("exporting decode graph")
         position = torch.tensor([[example_ids.shape[1]]])
         decode_ep = torch.export.export(decode, (example_ids[:, :1], position, example_indices), strict=False)
+        fuse_ffn_residual(decode_ep)
 
     ctx.step("lowering to XNNPACK")
     constant_methods = {
@@ -81,7 +85,8 @@ def export(ctx: ExportContext) -> RecipeOutput:
     }
     edge = to_edge_transform_and_lower(
         {"prefill": prefill_ep, "decode": decode_ep},
-        partitioner=[XnnpackPartitioner()],
+        transform_passes={"decode": decode_passes()},
+        partitioner={"prefill": [XnnpackPartitioner()], "decode": [decode_partitioner()]},
         constant_methods=constant_methods,
         compile_config=EdgeCompileConfig(_check_ir_validity=False),
     )
@@ -137,6 +142,52 @@ def export(ctx: ExportContext) -> RecipeOutput:
     }
     return RecipeOutput(graphs, runtime, kv_storage="mutable buffers shared by both methods",
                         kv_layout=KV_SEQ_FIRST if static_kv.fused else KV_HEADS_FIRST)
+
+
+def fuse_ffn_residual(program: torch.export.ExportedProgram) -> None:
+    """x + glass::norm_gather_ffn_q(x, ...) -> glass::residual_norm_gather_ffn_q(x, ...), in place: the layer's
+    residual add (the same float sum) inside the op, where XNNPACK would run it as a delegate call of its own
+    between the FFN and the next layer's norm. Inference-mode dropouts between the two (Phi-3's) are identities;
+    families whose FFN output is normalised first (Gemma 2, 3) keep the add."""
+    graph = program.graph_module.graph
+    for ffn in [node for node in graph.nodes if node.target is torch.ops.glass.norm_gather_ffn_q.default]:
+        chain = [ffn]  # the FFN, then each only user, through identity dropouts
+        while len(chain[-1].users) == 1:
+            (user,) = chain[-1].users
+            chain.append(user)
+            if user.target is not torch.ops.aten.dropout.default or user.args[2] is not False:
+                break
+        add = chain[-1]
+        if add is ffn or add.target is not torch.ops.aten.add.Tensor or add.kwargs or \
+                set(add.args) != {ffn.args[0], chain[-2]}:
+            continue
+        with graph.inserting_before(add):
+            fused = graph.call_function(torch.ops.glass.residual_norm_gather_ffn_q.default, ffn.args, ffn.kwargs)
+        fused.meta = dict(add.meta)
+        add.replace_all_uses_with(fused)
+        for node in reversed(chain):
+            graph.erase_node(node)
+    program.graph_module.recompile()
+
+
+def decode_passes() -> list:
+    """The decode graph's one token makes the transposes around the glass ops and llama::update_cache
+    ([1, heads, 1, dim] <-> [1, 1, heads, dim]) byte-order no-ops: ExecuTorch's own pass turns them into views."""
+    from executorch.backends.transforms.replace_nop_transpose_or_permute_with_view import (
+        ReplaceNopTransposeOrPermuteWithViewPass,
+    )
+
+    return [ReplaceNopTransposeOrPermuteWithViewPass()]
+
+
+def decode_partitioner():
+    """XNNPACK for the decode graph, views left out: ExecuTorch's memory planning makes a static view an alias
+    (no instruction), where XNNPACK would copy it, and a partition of views after glass::rope had split each
+    layer's q/k and v projections into two delegate calls (one per layer and step fewer without it)."""
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS, ViewCopyConfig
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    return XnnpackPartitioner(configs=[config for config in ALL_PARTITIONER_CONFIGS if config is not ViewCopyConfig])
 
 
 CUSTOM_NAMESPACES = ("glass", "llama")  # our kernels and ExecuTorch's LLM kernels, outside the portable set

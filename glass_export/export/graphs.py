@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import sys
 
 import torch
@@ -28,7 +29,7 @@ import glass_ops  # noqa: F401  (registers torch.ops.glass.*)
 from glass_ops import ACTIVATION_CODES, native, pack_ffn_weights
 
 from ..models import decoder_layers, ffn_layers
-from ..models.decoder import ffn_norm, ffn_norm_name, rms_eps
+from ..models.decoder import OFFSET_NORM_FAMILIES, ffn_norm, ffn_norm_name, rms_eps
 from ..quantization import QuantScheme, glass_reads_tied_table, quantize_rows
 from ..selection import LAMBDA_SCALE, SelectionConfig, random_selection, ranks_by_topk, select_with_ranks
 
@@ -188,6 +189,26 @@ def rope_through_glass(model):
         yield
     finally:
         module.apply_rotary_pos_emb = original
+
+
+@contextlib.contextmanager
+def norms_through_glass(model):
+    """While tracing: every RMSNorm module of the model (the decoder layers' norms, Qwen 3's and Gemma 3's
+    per-head q/k norms, the final norm) as one glass::rms_norm call, where ExecuTorch would run a portable
+    mean between two XNNPACK delegate calls. Gemma's 1 + w is folded into a buffer of the module."""
+    offset = model.config.model_type in OFFSET_NORM_FAMILIES
+    norms = [module for module in model.modules() if type(module).__name__.endswith("RMSNorm")]
+    for norm in norms:
+        if offset and not hasattr(norm, "glass_weight"):
+            norm.register_buffer("glass_weight", norm.weight.detach().float() + 1.0)
+        weight = norm.glass_weight if offset else norm.weight
+        eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", None)))
+        norm.forward = functools.partial(torch.ops.glass.rms_norm, weight=weight, eps=eps)
+    try:
+        yield
+    finally:
+        for norm in norms:
+            del norm.forward  # the class's forward again
 
 
 FUSED_ATTENTION = "glass_et_custom_sdpa"

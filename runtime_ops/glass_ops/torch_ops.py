@@ -41,6 +41,11 @@ SCHEMAS = {
     "norm_gather_ffn_q": "Tensor x, Tensor norm_weight, float norm_eps, Tensor gate_up, Tensor gate_up_scales, "
                          "Tensor down, Tensor down_scales, Tensor indices, int layer, int activation, int bits, "
                          "int block_size, int accuracy_level",
+    # ... and x + norm_gather_ffn_q(x, ...): the layer's residual add too (ExecuTorch's decode, where the add
+    # follows the FFN)
+    "residual_norm_gather_ffn_q": "Tensor x, Tensor norm_weight, float norm_eps, Tensor gate_up, "
+                                  "Tensor gate_up_scales, Tensor down, Tensor down_scales, Tensor indices, "
+                                  "int layer, int activation, int bits, int block_size, int accuracy_level",
     "ffn_up_q": "Tensor x, Tensor gate_up, Tensor gate_up_scales, int activation, int bits, int block_size, "
                 "int accuracy_level",
     "ffn_down_q": "Tensor z, Tensor down, Tensor down_scales, int bits, int block_size",
@@ -51,6 +56,8 @@ SCHEMAS = {
     "linear_rows": "Tensor x, Tensor weight",
     "linear_rows_q": "Tensor x, Tensor codes, Tensor scales, int bits, int block_size, int accuracy_level",
     "embedding_q": "Tensor ids, Tensor codes, Tensor scales, int bits, int block_size",
+    # transformers' RMSNorm of x [..., d] (rms_norm below), weight [d] with any offset folded in
+    "rms_norm": "Tensor x, Tensor weight, float eps",
     # transformers' rotary embedding of x [batch, heads, tokens, head_dim] by cos, sin [batch, tokens, head_dim]
     "rope": "Tensor x, Tensor cos, Tensor sin",
     # GLASS's selection: each layer's k kept neurons [layers, k] (ascending) from the prompt's local scores
@@ -186,8 +193,15 @@ def _gate_up_q(x, gate_up, gate_up_scales, activation, bits, block_size, accurac
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' RMSNorm in float32, the weight with any offset (Gemma's 1 + w) folded in: the definition
-    of the norm glass::norm_gather_ffn_q applies (src/rms_norm.h)."""
+    of glass::rms_norm and of the norm glass::norm_gather_ffn_q applies (src/rms_norm.h)."""
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rms_norm_reference(x, weight, eps):
+    if weight.dim() != 1 or x.dim() < 1 or x.shape[-1] != weight.shape[0] or not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"glass::rms_norm: expected x [..., d], weight [d] and a finite eps >= 0, got "
+                         f"{tuple(x.shape)}, {tuple(weight.shape)}, {eps}")
+    return rms_norm(x, weight, eps)
 
 
 def norm_gather_ffn_q_reference(x, norm_weight, norm_eps, gate_up, gate_up_scales, down, down_scales, indices, layer,
@@ -211,6 +225,10 @@ def norm_gather_ffn_q_reference(x, norm_weight, norm_eps, gate_up, gate_up_scale
     if accuracy_level == 4:
         return decode_down_int8(z, down[idx], down_scales[idx], bits, block_size)
     return z @ dequantize(down, down_scales, bits)[idx]
+
+
+def residual_norm_gather_ffn_q_reference(x, *args):
+    return x + norm_gather_ffn_q_reference(x, *args)
 
 
 def ffn_up_q_reference(x, gate_up, gate_up_scales, activation, bits, block_size, accuracy_level):
@@ -307,7 +325,9 @@ def select_kept_reference(local, global_rank, local_weight, global_weight, k):
 
 
 REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": ffn_down_reference,
-              "norm_gather_ffn_q": norm_gather_ffn_q_reference, "ffn_up_q": ffn_up_q_reference,
+              "norm_gather_ffn_q": norm_gather_ffn_q_reference,
+              "residual_norm_gather_ffn_q": residual_norm_gather_ffn_q_reference, "rms_norm": rms_norm_reference,
+              "ffn_up_q": ffn_up_q_reference,
               "ffn_down_q": ffn_down_q_reference, "normalised_square_sum": normalised_square_sum_reference,
               "linear_rows": linear_rows_reference, "linear_rows_q": linear_rows_q_reference,
               "embedding_q": embedding_q_reference, "rope": rope_reference, "select_kept": select_kept_reference}
@@ -316,12 +336,12 @@ REFERENCES = {"gather_ffn": reference, "ffn_up": ffn_up_reference, "ffn_down": f
 def _output_shape(name, args):
     if name == "normalised_square_sum":
         return (args[0].shape[-1],)
-    if name == "rope":
+    if name in ("rope", "rms_norm"):
         return args[0].shape
     if name == "select_kept":
         return (args[0].shape[0], args[4])
     x, weights = args[0], args[1]
-    if name in ("gather_ffn", "norm_gather_ffn_q"):
+    if name in ("gather_ffn", "norm_gather_ffn_q", "residual_norm_gather_ffn_q"):
         return x.shape
     if name in ("ffn_up", "linear_rows", "linear_rows_q"):
         return (*x.shape[:-1], weights.shape[0])

@@ -5,7 +5,8 @@
 //   glass::norm_gather_ffn_q.out, glass::ffn_up_q.out, glass::ffn_down_q.out: the same over quantised
 //                          rows (quant_ffn.h, quant_decode.h; semantics in glass_ops/torch_ops.py), the
 //                          decode FFN with its RMSNorm folded in (rms_norm.h) and reading its layer's row of
-//                          the kept indices
+//                          the kept indices; glass::residual_norm_gather_ffn_q.out adds the layer's residual x
+//   glass::rms_norm.out    transformers' RMSNorm (rms_norm.h), every norm of an ExecuTorch program's graphs
 //   glass::normalised_square_sum.out  the prefill's float64 local statistic of one layer
 //   glass::linear_rows.out, glass::linear_rows_q.out, glass::embedding_q.out: a tied embedding's LM head
 //                          and (quantised) lookup over the one stored table (tied_embedding.h)
@@ -137,35 +138,34 @@ glass::DecodePackCache& decode_pack_cache() {
 }
 
 // The decode FFN of a layer over its kept neurons, from the residual stream x: y = FFN(rms_norm(x) * w)
-// over row `layer` of indices [layers, k] (prefill's whole output, so the program selects no rows itself).
-Tensor& norm_gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& norm_weight, double norm_eps,
-                              const Tensor& gate_up, const Tensor& gate_up_scales, const Tensor& down,
-                              const Tensor& down_scales, const Tensor& indices, int64_t layer, int64_t activation,
-                              int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
-  GLASS_CHECK(float_and_contiguous({&x, &norm_weight, &out}),
-              "glass::norm_gather_ffn_q: x, norm_weight and out must be contiguous float32");
+// over row `layer` of indices [layers, k] (prefill's whole output, so the program selects no rows itself);
+// with `residual`, y = x + FFN(...) (glass::residual_norm_gather_ffn_q: the layer's residual add as well).
+Tensor& norm_gather_ffn_q(KernelRuntimeContext& ctx, const char* op, bool residual, const Tensor& x,
+                          const Tensor& norm_weight, double norm_eps, const Tensor& gate_up, const Tensor& gate_up_scales,
+                          const Tensor& down, const Tensor& down_scales, const Tensor& indices, int64_t layer,
+                          int64_t activation, int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &norm_weight, &out}), "%s: x, norm_weight and out must be contiguous float32", op);
   GLASS_CHECK(indices.scalar_type() == ScalarType::Long && indices.dim() == 2 && tensor_is_contiguous(indices),
-              "glass::norm_gather_ffn_q: indices must be a contiguous int64 [layers, k]");
-  GLASS_CHECK(layer >= 0 && layer < indices.size(0), "glass::norm_gather_ffn_q: layer %lld is out of range [0, %lld)",
+              "%s: indices must be a contiguous int64 [layers, k]", op);
+  GLASS_CHECK(layer >= 0 && layer < indices.size(0), "%s: layer %lld is out of range [0, %lld)", op,
               static_cast<long long>(layer), static_cast<long long>(indices.size(0)));
-  GLASS_CHECK(std::isfinite(norm_eps) && norm_eps >= 0, "glass::norm_gather_ffn_q: norm_eps must be finite and >= 0");
+  GLASS_CHECK(std::isfinite(norm_eps) && norm_eps >= 0, "%s: norm_eps must be finite and >= 0", op);
   GLASS_CHECK(glass::valid_activation(activation) && glass::valid_accuracy(accuracy_level),
-              "glass::norm_gather_ffn_q: activation must be 0 or 1 and accuracy_level 1 or 4");
-  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0,
-              "glass::norm_gather_ffn_q: gate_up must be [2m, blocks, blob]");
+              "%s: activation must be 0 or 1 and accuracy_level 1 or 4", op);
+  GLASS_CHECK(gate_up.dim() == 3 && gate_up.size(0) % 2 == 0, "%s: gate_up must be [2m, blocks, blob]", op);
   const int64_t m = gate_up.size(0) / 2;
   glass::QuantRows gu, dn;
   std::string error;
   GLASS_CHECK(quant_rows(gate_up, gate_up_scales, bits, block_size, &gu, &error) &&
                   quant_rows(down, down_scales, bits, block_size, &dn, &error),
-              "glass::norm_gather_ffn_q: %s", error.c_str());
+              "%s: %s", op, error.c_str());
   const int64_t d = gu.cols, k = indices.size(1);
   GLASS_CHECK(down.size(0) == m && dn.cols == d && x.dim() >= 1 && x.size(x.dim() - 1) == d &&
                   norm_weight.dim() == 1 && norm_weight.size(0) == d,
-              "glass::norm_gather_ffn_q: x, norm_weight, gate_up and down disagree on m or d");
-  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "glass::norm_gather_ffn_q: cannot resize out");
+              "%s: x, norm_weight, gate_up and down disagree on m or d", op);
+  GLASS_CHECK(resize_last_dim(x, d, out) == Error::Ok, "%s: cannot resize out", op);
   const int64_t* kept = indices.const_data_ptr<int64_t>() + layer * k;
-  const std::string bad = glass::check_indices(kept, k, m, "glass::norm_gather_ffn_q: index");
+  const std::string bad = glass::check_indices(kept, k, m, (std::string(op) + ": index").c_str());
   GLASS_CHECK(bad.empty(), "%s", bad.c_str());
   const int64_t tokens = x.numel() / d;
   thread_local std::vector<float> normed;  // the caller's thread normalises; the pool runs the FFN
@@ -173,9 +173,45 @@ Tensor& norm_gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const 
   glass::rms_norm(x.const_data_ptr<float>(), tokens, d, norm_weight.const_data_ptr<float>(),
                   static_cast<float>(norm_eps), normed.data());
   const auto pack = decode_pack_cache().get(gu, dn, kept, k);
+  float* y = out.mutable_data_ptr<float>();
   glass::gather_ffn_quant(normed.data(), tokens, *pack, static_cast<glass::Activation>(activation),
-                          static_cast<glass::Accuracy>(accuracy_level), out.mutable_data_ptr<float>(),
+                          static_cast<glass::Accuracy>(accuracy_level), y,
                           glass::task_count_for(k, kMaxTasks, tokens * d), ExecuTorchFor{});
+  if (residual) {
+    const float* xs = x.const_data_ptr<float>();
+    for (int64_t i = 0; i < tokens * d; ++i) y[i] = xs[i] + y[i];
+  }
+  return out;
+}
+
+Tensor& norm_gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& norm_weight, double norm_eps,
+                              const Tensor& gate_up, const Tensor& gate_up_scales, const Tensor& down,
+                              const Tensor& down_scales, const Tensor& indices, int64_t layer, int64_t activation,
+                              int64_t bits, int64_t block_size, int64_t accuracy_level, Tensor& out) {
+  return norm_gather_ffn_q(ctx, "glass::norm_gather_ffn_q", false, x, norm_weight, norm_eps, gate_up, gate_up_scales,
+                           down, down_scales, indices, layer, activation, bits, block_size, accuracy_level, out);
+}
+
+Tensor& residual_norm_gather_ffn_q_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& norm_weight,
+                                       double norm_eps, const Tensor& gate_up, const Tensor& gate_up_scales,
+                                       const Tensor& down, const Tensor& down_scales, const Tensor& indices,
+                                       int64_t layer, int64_t activation, int64_t bits, int64_t block_size,
+                                       int64_t accuracy_level, Tensor& out) {
+  return norm_gather_ffn_q(ctx, "glass::residual_norm_gather_ffn_q", true, x, norm_weight, norm_eps, gate_up,
+                           gate_up_scales, down, down_scales, indices, layer, activation, bits, block_size,
+                           accuracy_level, out);
+}
+
+// out = rms_norm(x) * weight over the last dimension (rms_norm.h; x [..., d], weight [d] with any offset folded in).
+Tensor& rms_norm_out(KernelRuntimeContext& ctx, const Tensor& x, const Tensor& weight, double eps, Tensor& out) {
+  GLASS_CHECK(float_and_contiguous({&x, &weight, &out}), "glass::rms_norm: x, weight and out must be contiguous float32");
+  GLASS_CHECK(x.dim() >= 1 && weight.dim() == 1 && x.size(x.dim() - 1) == weight.size(0),
+              "glass::rms_norm: expected x [..., d] and weight [d]");
+  GLASS_CHECK(std::isfinite(eps) && eps >= 0, "glass::rms_norm: eps must be finite and >= 0");
+  GLASS_CHECK(executorch::runtime::resize_tensor(out, x.sizes()) == Error::Ok, "glass::rms_norm: cannot resize out");
+  const int64_t d = weight.size(0);
+  glass::rms_norm(x.const_data_ptr<float>(), d == 0 ? 0 : x.numel() / d, d, weight.const_data_ptr<float>(),
+                  static_cast<float>(eps), out.mutable_data_ptr<float>());
   return out;
 }
 
@@ -349,6 +385,8 @@ EXECUTORCH_LIBRARY(glass, "gather_ffn.out", glass_et::gather_ffn_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up.out", glass_et::ffn_up_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down.out", glass_et::ffn_down_out);
 EXECUTORCH_LIBRARY(glass, "norm_gather_ffn_q.out", glass_et::norm_gather_ffn_q_out);
+EXECUTORCH_LIBRARY(glass, "residual_norm_gather_ffn_q.out", glass_et::residual_norm_gather_ffn_q_out);
+EXECUTORCH_LIBRARY(glass, "rms_norm.out", glass_et::rms_norm_out);
 EXECUTORCH_LIBRARY(glass, "ffn_up_q.out", glass_et::ffn_up_q_out);
 EXECUTORCH_LIBRARY(glass, "ffn_down_q.out", glass_et::ffn_down_q_out);
 EXECUTORCH_LIBRARY(glass, "normalised_square_sum.out", glass_et::normalised_square_sum_out);

@@ -1,7 +1,6 @@
-// The RMSNorm in front of a decoder layer's FFN, folded into glass::norm_gather_ffn_q so a decode step
-// runs no separate norm operators before the FFN (ExecuTorch ran it as a portable mean between two
-// XNNPACK delegate calls: about 6 us a layer on 2 x86 cores). glass_ops/torch_ops.py rms_norm is the
-// definition.
+// transformers' RMSNorm: glass::rms_norm, and the norm folded into glass::norm_gather_ffn_q, so an
+// ExecuTorch program runs no separate norm operators (it ran each as a portable mean between two XNNPACK
+// delegate calls: about 6 us a layer on 2 x86 cores). glass_ops/torch_ops.py rms_norm is the definition.
 #pragma once
 
 #include <cmath>

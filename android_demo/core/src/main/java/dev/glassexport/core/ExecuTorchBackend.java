@@ -41,7 +41,7 @@ public final class ExecuTorchBackend implements Backend {
     // ExecuTorch has no fallback: a program that loaded runs the glass ops it calls on the native kernels.
     java.util.List<String> glass = new java.util.ArrayList<>();
     for (String op : manifest.customOps) {
-      if (op.startsWith("glass::gather_ffn") || op.startsWith("glass::norm_gather_ffn")) glass.add(op);  // the decode FFN
+      if (op.startsWith("glass::") && op.contains("gather_ffn")) glass.add(op);  // the decode FFN
     }
     this.opImplementation = glass.isEmpty() ? "stock kernels (no glass op in the program)"
         : "native glass kernels (" + String.join(", ", glass) + ")";

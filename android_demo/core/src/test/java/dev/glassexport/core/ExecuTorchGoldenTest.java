@@ -56,7 +56,7 @@ class ExecuTorchGoldenTest {
     }
   }
 
-  /** The int4 program: the quantised glass kernels (the decode's norm_gather_ffn_q) through the same bridge. */
+  /** The int4 program: the quantised glass kernels (the decode's residual_norm_gather_ffn_q) through the same bridge. */
   @Test
   void quantisedProgramReproducesPythonRun() throws Exception {
     JsonObject int4 = GoldenTest.readGolden("executorch-int4.json");
@@ -64,7 +64,7 @@ class ExecuTorchGoldenTest {
     assertEquals("int4", manifest.weights);
     BpeTokenizer tokenizer = new BpeTokenizer(golden.resolve("executorch-int4/tokenizer.json"));
     try (ExecuTorchBackend backend = new ExecuTorchBackend(manifest, null, 2)) {
-      assertEquals("native glass kernels (glass::norm_gather_ffn_q.out)", backend.opImplementation());
+      assertEquals("native glass kernels (glass::residual_norm_gather_ffn_q.out)", backend.opImplementation());
       for (JsonElement op : int4.getAsJsonArray("custom_ops")) {
         assertTrue(ExecuTorchBackend.hasOperator(op.getAsString()), op.getAsString());
       }
