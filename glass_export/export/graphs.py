@@ -56,11 +56,9 @@ class GraphFFN(torch.nn.Module):
         self.activation = ACTIVATION_CODES[activation]
         self.context = context
         self.norm = norm  # the family's own module (prefill, fp32 decode)
+        self.norm_offset = norm_offset
         if quant.quantized:
-            if norm_offset:  # Gemma's 1 + w, folded
-                self.register_buffer("norm_weight", norm.weight.detach().float() + 1.0)
-            else:
-                self.norm_weight = norm.weight  # the family's own parameter: the program stores it once
+            glass_norm_weight(norm, norm_offset)  # registered now, read by the decode op
             self.norm_eps = norm_eps
             m, _, d = w_gate_up.shape
             for name, rows in (("gate_up", w_gate_up.reshape(2 * m, d)), ("down", w_down_t)):
@@ -74,10 +72,10 @@ class GraphFFN(torch.nn.Module):
     def forward(self, x):
         ctx, q = self.context, self.quant
         if ctx.mode == "gather" and q.quantized:
-            return torch.ops.glass.norm_gather_ffn_q(x, self.norm_weight, self.norm_eps, self.gate_up_codes,
-                                                     self.gate_up_scales, self.down_codes, self.down_scales,
-                                                     ctx.indices, self.layer, self.activation, q.bits, q.group_size,
-                                                     q.accuracy_level)
+            return torch.ops.glass.norm_gather_ffn_q(x, glass_norm_weight(self.norm, self.norm_offset), self.norm_eps,
+                                                     self.gate_up_codes, self.gate_up_scales, self.down_codes,
+                                                     self.down_scales, ctx.indices, self.layer, self.activation,
+                                                     q.bits, q.group_size, q.accuracy_level)
         x = self.norm(x)
         if ctx.mode == "gather":
             return torch.ops.glass.gather_ffn(x, self.w_gate_up, self.w_down_t, ctx.indices[self.layer],
@@ -94,6 +92,16 @@ class GraphFFN(torch.nn.Module):
         if q.quantized:
             return torch.ops.glass.ffn_down_q(z, self.down_codes, self.down_scales, q.bits, q.group_size)
         return torch.ops.glass.ffn_down(z, self.w_down_t)
+
+
+def glass_norm_weight(norm: torch.nn.Module, offset: bool) -> torch.Tensor:
+    """The weight the glass kernels multiply an RMSNorm by: the family's own parameter (the program stores it
+    once), or Gemma's 1 + w, folded once into a buffer of the norm module."""
+    if not offset:
+        return norm.weight
+    if not hasattr(norm, "glass_weight"):
+        norm.register_buffer("glass_weight", norm.weight.detach().float() + 1.0)
+    return norm.glass_weight
 
 
 class TiedTable(torch.nn.Module):
@@ -195,15 +203,12 @@ def rope_through_glass(model):
 def norms_through_glass(model):
     """While tracing: every RMSNorm module of the model (the decoder layers' norms, Qwen 3's and Gemma 3's
     per-head q/k norms, the final norm) as one glass::rms_norm call, where ExecuTorch would run a portable
-    mean between two XNNPACK delegate calls. Gemma's 1 + w is folded into a buffer of the module."""
+    mean between two XNNPACK delegate calls (weights: glass_norm_weight)."""
     offset = model.config.model_type in OFFSET_NORM_FAMILIES
     norms = [module for module in model.modules() if type(module).__name__.endswith("RMSNorm")]
     for norm in norms:
-        if offset and not hasattr(norm, "glass_weight"):
-            norm.register_buffer("glass_weight", norm.weight.detach().float() + 1.0)
-        weight = norm.glass_weight if offset else norm.weight
         eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", None)))
-        norm.forward = functools.partial(torch.ops.glass.rms_norm, weight=weight, eps=eps)
+        norm.forward = functools.partial(torch.ops.glass.rms_norm, weight=glass_norm_weight(norm, offset), eps=eps)
     try:
         yield
     finally:
